@@ -1,0 +1,52 @@
+"""vasa_jax: an open JAX/Flax reimplementation of VASA-1 (audio-driven talking faces)."""
+
+from setuptools import find_packages, setup
+
+# Version ranges checked to resolve together on Python 3.11 (2026-11). mediapipe 0.10.14 (the
+# last release bundling its face models) needs protobuf<5, which pins tensorflow 2.19,
+# grain 0.2.11 and tensorflow-metadata<1.17; pip does not backtrack those by itself.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "tensorflow-datasets>=4.9.9,<4.10",
+    "importlib_resources",  # tfds 4.9.10 imports it without declaring it
+    "grain==0.2.11",
+    "array-record>=0.8,<0.9",
+    "numpy>=2.1,<2.2",
+    "scipy>=1.13",
+    "librosa>=0.11,<0.12",
+    "ml-collections>=1.0,<2",
+    "clu>=0.0.12",
+    "tensorflow-cpu>=2.19,<2.20",
+    "tensorboard>=2.19,<2.20",
+    "protobuf>=4.25,<5",
+    "tensorflow-metadata<1.17",
+    "av>=18,<19",
+    "opencv-contrib-python>=4.10",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    "beam": ["apache-beam>=2.60"],
+    # The CPU build of torch 2.13.0 lies on our machines' disk; other versions download GBs.
+    "torch": ["torch==2.13.0"],
+    "eval": ["matplotlib>=3.8", "scikit-image>=0.24"],
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3"],
+}
+
+setup(
+    name="vasa-jax",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["vasa_jax", "vasa_jax.*", "data_pipeline", "data_pipeline.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["vasa-jax=vasa_jax.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,95 @@
+"""Writing and reading mp4 files with sound (PyAV: H.264 video + AAC audio, in process).
+
+Writes are atomic: the file is written next to its destination under a temporary name and
+renamed into place only when complete, so an interrupted write leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from vasa_jax.constants import FPS, SAMPLE_RATE
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1],
+                               dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file normal rights
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | None = None, *,
+              fps: int = FPS, sample_rate: int = SAMPLE_RATE, crf: int = 20) -> None:
+    """Write ``frames`` (N, H, W, 3) uint8 RGB and optional mono ``audio`` (S,) float in [-1, 1]
+    as an H.264 + AAC mp4. H and W must be even (H.264 4:2:0)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}.")
+    n, h, w, _ = frames.shape
+    if n == 0 or h % 2 or w % 2:
+        raise ValueError(f"Need at least one frame of even height and width, got {frames.shape}.")
+    with atomic_path(path, ".mp4") as tmp:
+        with av.open(tmp, mode="w", format="mp4") as out:
+            vs = out.add_stream("libx264", rate=fps)
+            vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+            vs.options = {"crf": str(crf), "preset": "medium"}
+            ast = None
+            if audio is not None:
+                ast = out.add_stream("aac", rate=sample_rate)
+                ast.layout = "mono"
+                ast.bit_rate = 64_000
+            for f in frames:
+                for packet in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    out.mux(packet)
+            for packet in vs.encode():
+                out.mux(packet)
+            if ast is not None:
+                a = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
+                chunk = 1024
+                for i in range(0, len(a), chunk):
+                    af = av.AudioFrame.from_ndarray(a[None, i:i + chunk], format="fltp",
+                                                    layout="mono")
+                    af.sample_rate = sample_rate
+                    af.pts = i
+                    af.time_base = Fraction(1, sample_rate)
+                    for packet in ast.encode(af):
+                        out.mux(packet)
+                for packet in ast.encode():
+                    out.mux(packet)
+
+
+def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, float, int | None]:
+    """Read an mp4: (frames (N, H, W, 3) uint8, mono audio (S,) float32 or None, fps, rate)."""
+    with av.open(os.fspath(path)) as inp:
+        vstreams = inp.streams.video
+        if not vstreams:
+            raise ValueError(f"{path} has no video stream.")
+        fps = float(vstreams[0].average_rate or FPS)
+        frames = [f.to_ndarray(format="rgb24") for f in inp.decode(video=0)]
+    audio, rate = None, None
+    with av.open(os.fspath(path)) as inp:
+        if inp.streams.audio:
+            rate = inp.streams.audio[0].rate
+            chunks = [f.to_ndarray().astype(np.float32) for f in inp.decode(audio=0)]
+            if chunks:
+                audio = np.concatenate([c.mean(axis=0) if c.ndim == 2 else c for c in chunks])
+    return np.stack(frames), audio, fps, rate
