@@ -62,26 +62,44 @@ def sample_conditions(rng: np.random.Generator) -> ClipConditions:
     )
 
 
-def generate_clip(seed: int, identity_id: int, clip_index: int, num_frames: int,
-                  resolution: int) -> dict[str, np.ndarray | int | float]:
-    """Generate one clip; identical inputs give identical bytes."""
+@dataclasses.dataclass(frozen=True)
+class ClipTracks:
+    """Everything about a clip except its pixels."""
+
+    conditions: ClipConditions
+    utterance: ph.Utterance
+    motion: np.ndarray  # (T, 12) float32
+    audio: np.ndarray  # (T * 640,) float32
+    phones: np.ndarray  # (T,) int32
+
+
+def clip_tracks(seed: int, identity_id: int, clip_index: int, num_frames: int) -> ClipTracks:
+    """Conditions, utterance, motion, audio and per-frame phones of one clip (deterministic)."""
     person = sample_identity(seed, identity_id)
     rng = np.random.default_rng([seed, identity_id, clip_index, 2])
     cond = sample_conditions(rng)
-    duration = num_frames / FPS
-    utt = ph.sample_utterance(rng, duration + 0.25)
+    utt = ph.sample_utterance(rng, num_frames / FPS + 0.25)
     motion = motion_lib.sample_motion(rng, utt, num_frames, cond.gaze, cond.distance)
     audio = speech.synthesize(utt, person.f0, person.formant_scale,
                               num_frames * SAMPLES_PER_FRAME, rng)
-    frames = render.render_clip(motion, person.render_params(),
+    phones = utt.phone_at(motion_lib.frame_times(num_frames)).astype(np.int32)
+    return ClipTracks(cond, utt, motion, audio, phones)
+
+
+def generate_clip(seed: int, identity_id: int, clip_index: int, num_frames: int,
+                  resolution: int) -> dict[str, np.ndarray | int | float]:
+    """Generate one clip (all fields above); identical inputs give identical bytes."""
+    tracks = clip_tracks(seed, identity_id, clip_index, num_frames)
+    cond = tracks.conditions
+    frames = render.render_clip(tracks.motion, sample_identity(seed, identity_id).render_params(),
                                 render.EMOTION_STYLE[cond.emotion], resolution)
     return {
-        "frames": np.asarray(frames),
-        "audio": audio,
+        "frames": np.array(frames),  # a writable NumPy copy
+        "audio": tracks.audio,
         "identity": identity_id,
         "emotion": cond.emotion,
         "gaze": cond.gaze,
         "distance": np.float32(cond.distance),
-        "motion": motion,
-        "phones": utt.phone_at(motion_lib.frame_times(num_frames)).astype(np.int32),
+        "motion": tracks.motion,
+        "phones": tracks.phones,
     }

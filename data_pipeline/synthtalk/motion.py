@@ -60,13 +60,14 @@ def _critically_damped(x: np.ndarray, tau: float, dt: float) -> np.ndarray:
     return y
 
 
-def mouth_track(utt: ph.Utterance, num_frames: int) -> np.ndarray:
+def mouth_track(utt: ph.Utterance, num_frames: int, lead_frames: int = LIP_LEAD_FRAMES
+                ) -> np.ndarray:
     """(T, 3) jaw_open, lip_width, lip_round per frame, clipped to [0, 1].
 
     The visible mouth at frame k is the smoothed articulation at the frame's centre time plus
-    ``LIP_LEAD_FRAMES`` frames: the lips lead the sound.
+    ``lead_frames`` frames: the lips lead the sound.
     """
-    lead = LIP_LEAD_FRAMES / FPS
+    lead = lead_frames / FPS
     t_end = num_frames / FPS + lead + 0.05
     t = np.arange(0.0, t_end, _MOUTH_DT)
     targets = ph.VISEME_TARGETS[utt.phone_at(t)]

@@ -1,0 +1,32 @@
+"""Mesh construction helpers."""
+
+import jax
+import pytest
+
+from vasa_jax import parallel
+
+
+@pytest.mark.parametrize("shape,n,expected", [
+    ((-1, 1, 1), 8, (8, 1, 1)), ((-1, 4, 2), 8, (1, 4, 2)), ((2, -1, 2), 8, (2, 2, 2)),
+    ((1, 1, 1), 1, (1, 1, 1)), ((2, 2, 2), 8, (2, 2, 2))])
+def test_resolve_mesh_shape(shape, n, expected):
+    assert parallel.resolve_mesh_shape(shape, n) == expected
+
+
+@pytest.mark.parametrize("shape,n,msg", [
+    ((-1, -1, 1), 8, "at most one -1"), ((3, -1, 1), 8, "does not divide"),
+    ((2, 2, 1), 8, "use -1"), ((8, 1), 8, "one entry per axis")])
+def test_resolve_mesh_shape_errors(shape, n, msg):
+    with pytest.raises(ValueError, match=msg):
+        parallel.resolve_mesh_shape(shape, n)
+
+
+def test_create_mesh_axes():
+    mesh = parallel.create_mesh((-1, 4, 2))
+    assert mesh.axis_names == ("data", "fsdp", "tensor")
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert mesh.size == jax.device_count()
+
+
+def test_batch_size_per_process():
+    assert parallel.batch_size_per_process(32) == 32 // jax.process_count()
