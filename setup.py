@@ -34,7 +34,7 @@ EXTRAS = {
     # The CPU build of torch 2.13.0 lies on our machines' disk; other versions download GBs.
     "torch": ["torch==2.13.0"],
     "eval": ["matplotlib>=3.8", "scikit-image>=0.24"],
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3"],
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill"],  # dill: tfds.testing
 }
 
 setup(
