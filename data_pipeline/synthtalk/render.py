@@ -175,24 +175,25 @@ def _render_frame(m, app, style, grid):
     img = _over(img, app["hair"] * (hair_shade * texture)[..., None], cap)
 
     # 8. Eye sockets and eyebrows.
-    eye_sd = [None, None]
-    for i, side in enumerate((-1.0, 1.0)):
+    eyes = []  # feature-local coordinates around each eye centre
+    for side in (-1.0, 1.0):
         lx, ly = local(side * app["eye_dx"], _EYE_Y, _EYE_Z)
+        eyes.append((lx, ly))
         socket = _cov(_ellipse_sd(lx, ly, 0.16, 0.10), 3 * w) * face
         img = img * (1.0 - 0.07 * socket)[..., None]
-        # Brow: inner end near the nose, outer end towards the temple (side * x grows outwards).
-        bx0, by0 = side * -0.10, _BROW_DY + brow_inner
-        bx1, by1 = side * 0.12, _BROW_DY + 0.012 + brow_outer
-        brow_d = _segment_sd(lx, ly, bx0, by0, side * 0.01, _BROW_DY - 0.018 + 0.5 * (brow_inner + brow_outer), app["brow_thick"])
-        brow_d = jnp.minimum(brow_d, _segment_sd(lx, ly, side * 0.01, _BROW_DY - 0.018 + 0.5 * (brow_inner + brow_outer), bx1, by1, app["brow_thick"] * 0.85))
+        # Brow: two capsules, inner end -> arch -> outer end (side * x grows outwards).
+        inner = (side * -0.10, _BROW_DY + brow_inner)
+        arch = (side * 0.01, _BROW_DY - 0.018 + 0.5 * (brow_inner + brow_outer))
+        outer = (side * 0.12, _BROW_DY + 0.012 + brow_outer)
+        brow_d = jnp.minimum(_segment_sd(lx, ly, *inner, *arch, app["brow_thick"]),
+                             _segment_sd(lx, ly, *arch, *outer, 0.85 * app["brow_thick"]))
         img = _over(img, app["hair"] * 0.8, _cov(brow_d, w) * face)
-        eye_sd[i] = (lx, ly)
 
     # 9. Eyes: almond aperture that closes with the blink; iris and pupil follow the gaze.
     aw = 0.105 * app["eye_size"]
     ah = 0.052 * app["eye_size"] * eye_open * (1.0 - blink)
     iris_r = 0.048 * app["eye_size"]
-    for lx, ly in eye_sd:
+    for lx, ly in eyes:
         hh = ah * jnp.clip(1.0 - (lx / aw) ** 2, 0.0, 1.0)
         ap = _band(ly, -hh, hh, w) * (jnp.abs(lx) < aw)
         ix = lx - 0.07 * jnp.sin(gaze_x)
@@ -251,7 +252,7 @@ def _render_frame(m, app, style, grid):
     # 13. Glasses: two rings and a bridge, slightly tinted lenses.
     g = app["glasses"]
     rims, lens = 0.0, 0.0
-    for lx, ly in eye_sd:
+    for lx, ly in eyes:
         r = jnp.sqrt((lx / 1.1) ** 2 + ly ** 2)
         rims = jnp.maximum(rims, _cov(jnp.abs(r - 0.15) - 0.012, w))
         lens = jnp.maximum(lens, _cov(r - 0.15, w))
