@@ -1,17 +1,21 @@
 """Grain input pipeline over TFDS ArrayRecord talking-face datasets (SynthTalk, VoxCeleb2, ...).
 
-Per process: seeded shuffle of the split's indices, sharded by JAX process (disjoint shards),
-then for each clip a random window of ``num_frames`` frames (only those frames are decoded) with
-exactly the aligned audio (640 samples per frame), light augmentation, and batching to the
-per-process batch. ``vasa_jax.parallel.global_batch`` turns a batch into global ``jax.Array``s.
-The iterator's state is checkpointable (``get_state``/``set_state``, or orbax through
-``grain.checkpoint.CheckpointHandler``).
+The split's clip indices are shuffled with a seed (a new permutation every epoch) and repeated:
+one *global* stream. Global batch ``s`` is stream positions ``[s G, (s + 1) G)``; process ``p`` of
+``P`` loads the contiguous rows ``[p G/P, (p + 1) G/P)`` of it (disjoint shards), so the global
+batch, its row order, and every per-example random draw (keyed by stream position) are the same
+for any process count. For each clip: a random window of ``num_frames`` frames (only those frames
+are decoded) with exactly the aligned audio (640 samples per frame), light augmentation, then
+batching to the per-process batch. ``vasa_jax.parallel.global_batch`` turns a batch into global
+``jax.Array``s. The iterator is checkpointable (``get_state``/``set_state``; orbax through
+``grain.checkpoint``), with or without worker processes.
 
 A batch is a dict of NumPy arrays with a leading batch dimension B::
 
-  frames    (B, T, R, R, 3) uint8
+  frames    (B, T, R, R, 3) uint8      (unless ``frames=False``)
   audio     (B, T * 640) float32 in [-1, 1]
   start     (B,) int32, first frame of the window within its clip
+  pos       (B,) int64, position in the global stream (key for per-example randomness)
   identity  (B,) int32        clip (B,) int32
   and, where the dataset has them (SynthTalk does, VoxCeleb2 does not):
   motion    (B, T, 12) float32     phones (B, T) int32
@@ -22,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import sys
+from typing import Any, Sequence
 
 import cv2
 import grain
@@ -112,29 +117,54 @@ def decode_frame(data: bytes) -> np.ndarray:
     return img[..., ::-1]
 
 
+def _example_rng(seed: int, pos: int, salt: int) -> np.random.Generator:
+    return np.random.default_rng([seed, pos, salt])
+
+
 @dataclasses.dataclass(frozen=True)
-class ClipWindow(grain.transforms.RandomMap):
+class ReadClip(grain.transforms.Map):
+    """Global stream position -> the stored clip at that position of the shuffled order."""
+
+    source: Any
+    order: Any  # MapDataset: stream position -> clip index
+
+    def map(self, pos: int) -> dict[str, Any]:
+        ex = dict(self.source[self.order[pos]])
+        ex["pos"] = np.int64(pos)
+        return ex
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipWindow(grain.transforms.Map):
     """Pick a window of ``num_frames`` frames, decode them, and cut the aligned audio.
 
     ``random_start`` False takes the window at frame 0 (evaluation); True draws the start
-    uniformly from the clip's valid range with the per-record rng.
+    uniformly from the clip's valid range, keyed by (seed, stream position). ``frames`` False
+    skips the pixels altogether (motion-only training).
     """
 
     num_frames: int
     random_start: bool = True
+    frames: bool = True
+    seed: int = 0
 
-    def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        total = len(ex["frames"])
+    def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+        total = len(ex["motion"]) if "motion" in ex else len(ex["frames"])
         if total < self.num_frames:
             raise ValueError(f"Clip has {total} frames but the loader asks for windows of "
                              f"{self.num_frames}; lower num_frames or rebuild with longer clips.")
-        start = int(rng.integers(0, total - self.num_frames + 1)) if self.random_start else 0
+        start = 0
+        if self.random_start:
+            start = int(_example_rng(self.seed, int(ex["pos"]), 1).integers(
+                0, total - self.num_frames + 1))
         stop = start + self.num_frames
         out = {
-            "frames": np.stack([decode_frame(b) for b in ex["frames"][start:stop]]),
             "audio": _to_float_audio(ex["audio"][start * SAMPLES_PER_FRAME:stop * SAMPLES_PER_FRAME]),
             "start": np.int32(start),
+            "pos": ex["pos"],
         }
+        if self.frames:
+            out["frames"] = np.stack([decode_frame(b) for b in ex["frames"][start:stop]])
         for k in PER_FRAME_FIELDS:
             if k in ex:
                 out[k] = np.asarray(ex[k][start:stop])
@@ -152,29 +182,34 @@ def _to_float_audio(a: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Augment(grain.transforms.RandomMap):
+class Augment(grain.transforms.Map):
     """Horizontal mirror (p = ``flip_prob``) with the ground truth mirrored too, and a small
-    per-clip brightness/contrast jitter of relative size ``colour_jitter``."""
+    per-clip brightness/contrast jitter of relative size ``colour_jitter``; random draws keyed
+    by (seed, stream position)."""
 
     flip_prob: float = 0.5
     colour_jitter: float = 0.1
+    seed: int = 0
 
-    def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+        rng = _example_rng(self.seed, int(ex["pos"]), 2)
         ex = dict(ex)
         if rng.random() < self.flip_prob:
-            ex["frames"] = ex["frames"][:, :, ::-1]
+            if "frames" in ex:
+                ex["frames"] = ex["frames"][:, :, ::-1]
             if "motion" in ex:
                 m = ex["motion"].copy()
                 m[:, _MIRRORED_MOTION_COLUMNS] *= -1.0
                 ex["motion"] = m
             if "gaze" in ex:
                 ex["gaze"] = ex["gaze"] * np.array([-1.0, 1.0], np.float32)
-        if self.colour_jitter > 0:
-            gain = 1.0 + rng.uniform(-self.colour_jitter, self.colour_jitter)
-            bias = 255.0 * rng.uniform(-self.colour_jitter, self.colour_jitter) * 0.5
-            f = ex["frames"].astype(np.float32) * gain + bias
-            ex["frames"] = np.clip(np.round(f), 0, 255).astype(np.uint8)
-        ex["frames"] = np.ascontiguousarray(ex["frames"])
+        if "frames" in ex:
+            if self.colour_jitter > 0:
+                gain = 1.0 + rng.uniform(-self.colour_jitter, self.colour_jitter)
+                bias = 255.0 * rng.uniform(-self.colour_jitter, self.colour_jitter) * 0.5
+                f = ex["frames"].astype(np.float32) * gain + bias
+                ex["frames"] = np.clip(np.round(f), 0, 255).astype(np.uint8)
+            ex["frames"] = np.ascontiguousarray(ex["frames"])
         return ex
 
 
@@ -192,42 +227,75 @@ class LoaderConfig:
     shuffle: bool = True
     num_epochs: int | None = None  # None: repeat forever
     random_window: bool = True
+    frames: bool = True  # False: skip the pixels (motion-only training)
     augment: bool = True
     flip_prob: float = 0.5
     colour_jitter: float = 0.1
     drop_remainder: bool = True
-    worker_count: int = 0  # grain worker processes; 0 decodes in this process
+    worker_count: int = 0  # grain worker processes; 0 loads in this process (with threads)
     worker_buffer_size: int = 2
     shard_index: int | None = None  # default: jax.process_index()
     shard_count: int | None = None  # default: jax.process_count()
 
 
-def make_loader(cfg: LoaderConfig) -> grain.DataLoader:
-    """The grain ``DataLoader`` for ``cfg``; ``iter()`` it for batches (checkpointable)."""
+@dataclasses.dataclass(frozen=True)
+class _LocalToGlobal(grain.transforms.Map):
+    """Local stream index -> global stream position (contiguous block of each global batch)."""
+
+    local_batch: int
+    shard_index: int
+    shard_count: int
+
+    def map(self, i: int) -> int:
+        step, row = divmod(int(i), self.local_batch)
+        return (step * self.shard_count + self.shard_index) * self.local_batch + row
+
+
+def make_loader(cfg: LoaderConfig, transforms: Sequence[grain.transforms.Map] = ()
+                ) -> grain.IterDataset:
+    """The grain dataset for ``cfg``; ``iter()`` it for batches (``get_state``/``set_state``).
+
+    ``transforms`` run per example after windowing and augmentation (e.g. audio features).
+    """
     source, _ = open_source(cfg.dataset, cfg.config, cfg.split, cfg.data_dir)
-    shard_index = jax.process_index() if cfg.shard_index is None else cfg.shard_index
-    shard_count = jax.process_count() if cfg.shard_count is None else cfg.shard_count
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} outside [0, {shard_count}).")
-    if len(source) < shard_count:
-        raise ValueError(f"Split {cfg.split!r} has {len(source)} clips, fewer than the "
-                         f"{shard_count} processes reading it.")
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=grain.sharding.ShardOptions(shard_index, shard_count,
-                                                  drop_remainder=cfg.drop_remainder),
-        shuffle=cfg.shuffle,
-        num_epochs=cfg.num_epochs,
-        seed=cfg.seed,
-    )
-    ops: list[Any] = [ClipWindow(cfg.num_frames, random_start=cfg.random_window)]
+    p = jax.process_index() if cfg.shard_index is None else cfg.shard_index
+    n_proc = jax.process_count() if cfg.shard_count is None else cfg.shard_count
+    if not 0 <= p < n_proc:
+        raise ValueError(f"shard_index {p} outside [0, {n_proc}).")
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"Split {cfg.split!r} of {cfg.dataset}/{cfg.config} is empty.")
+    order = grain.MapDataset.range(n)
+    if cfg.shuffle:
+        order = order.shuffle(seed=cfg.seed)
+    order = order.repeat(cfg.num_epochs)
+    total = len(order)
+    global_batch = cfg.batch_size * n_proc
+    if cfg.num_epochs is None:
+        num_local = sys.maxsize // (2 * n_proc)
+    elif cfg.drop_remainder:
+        num_local = (total // global_batch) * cfg.batch_size
+    else:
+        num_local = -(-total // global_batch) * cfg.batch_size
+    if num_local == 0:
+        raise ValueError(f"Split {cfg.split!r} has {n} clips x {cfg.num_epochs} epochs, fewer "
+                         f"than one global batch of {global_batch}; lower the batch size.")
+    to_global = _LocalToGlobal(cfg.batch_size, p, n_proc)
+    if cfg.num_epochs is None:
+        ds = grain.MapDataset.range(num_local).map(to_global)
+    else:  # finite: list the positions, without those past the end in a last partial batch
+        ds = grain.MapDataset.source(
+            [g for g in map(to_global.map, range(num_local)) if g < total])
+    ds = ds.map(ReadClip(source, order))
+    ds = ds.map(ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed))
     if cfg.augment:
-        ops.append(Augment(cfg.flip_prob, cfg.colour_jitter))
-    ops.append(grain.transforms.Batch(cfg.batch_size, drop_remainder=cfg.drop_remainder))
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=ops,
-        worker_count=cfg.worker_count,
-        worker_buffer_size=cfg.worker_buffer_size,
-    )
+        ds = ds.map(Augment(cfg.flip_prob, cfg.colour_jitter, cfg.seed))
+    for t in transforms:
+        ds = ds.map(t)
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if cfg.worker_count == 0 else 1,
+                                              prefetch_buffer_size=cfg.worker_buffer_size))
+    if cfg.worker_count > 0:
+        it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
+            num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size))
+    return it

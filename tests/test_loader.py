@@ -179,3 +179,19 @@ def test_loader_config_is_hashable_and_complete():
     cfg = LoaderConfig()
     assert dataclasses.replace(cfg, seed=1) != cfg
     hash(cfg)
+
+
+def test_global_batch_is_independent_of_the_process_count(synthtalk_tiny):
+    """Two processes with per-process batch 2 load exactly the rows, in order, that one process
+    with batch 4 loads: the global stream does not depend on the process count."""
+    one = _take(iter(make_loader(_cfg(synthtalk_tiny, batch_size=4))), 5)
+    halves = [_take(iter(make_loader(_cfg(synthtalk_tiny, batch_size=2, shard_index=p,
+                                           shard_count=2))), 5) for p in range(2)]
+    for s in range(5):
+        joined = {k: np.concatenate([halves[0][s][k], halves[1][s][k]]) for k in one[s]}
+        _assert_same([joined], [one[s]])
+
+
+def test_motion_only_batches_skip_the_pixels(synthtalk_tiny):
+    b = next(iter(make_loader(_cfg(synthtalk_tiny, frames=False))))
+    assert "frames" not in b and b["motion"].shape == (2, 10, 12)
