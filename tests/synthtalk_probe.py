@@ -21,8 +21,10 @@ def dark_mouth_pixels(frames: np.ndarray, motion: np.ndarray) -> np.ndarray:
     for k, (cx, cy) in enumerate(centres):
         unit = motion[k, FIELD["scale"]] * render.HEAD_UNIT * res / 2  # pixels per head unit
         x0, y0 = int(round(cx)), int(round(cy))
-        hw, hh = int(np.ceil(0.2 * unit)), int(np.ceil(0.15 * unit))
-        box = luma[k, y0 - hh:y0 + hh + 1, x0 - hw:x0 + hw + 1]
+        # The opening reaches ~0.16 head units above the mouth centre; the nostrils sit >= 0.21
+        # above it, so the box stops at 0.14 upwards.
+        hw, up, hh = int(np.ceil(0.2 * unit)), int(0.14 * unit), int(np.ceil(0.17 * unit))
+        box = luma[k, y0 - up:y0 + hh + 1, x0 - hw:x0 + hw + 1]
         around = luma[k, max(y0 - 2 * hh, 0):y0 + 2 * hh + 1, max(x0 - 2 * hw, 0):x0 + 2 * hw + 1]
         out[k] = int((box < 0.5 * np.percentile(around, 75)).sum())
     return out

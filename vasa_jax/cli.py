@@ -3,6 +3,10 @@
   vasa-jax quickstart [--workdir DIR]            the main job on the embedded SynthTalk data
   vasa-jax data build synthtalk [--config NAME]  build a SynthTalk TFDS dataset (ArrayRecord)
   vasa-jax data show [--config NAME]             contact sheet PNG + mp4 with sound of a split
+  vasa-jax train motion --workdir DIR            train stage 2 (MotionDiT) on one host
+  vasa-jax eval motion --workdir DIR             lip-sync / head-motion / gaze table for stage 2
+
+Multi-host training goes through ``launch/train.py`` (see the README).
 """
 
 from __future__ import annotations
@@ -83,8 +87,90 @@ def show_dataset(args) -> tuple[str, str]:
     return png, mp4
 
 
+def motion_config(variant: str, data_dir: str | None, overrides: list[str]):
+    from configs.motion import get_config
+
+    try:
+        config = get_config(variant)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if data_dir:
+        config.data.data_dir = data_dir
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        node = config
+        *path, leaf = key.split(".")
+        try:
+            for p in path:
+                node = node[p]
+            current = node[leaf]
+        except (KeyError, AttributeError):
+            raise UserError(f"Unknown config field {key!r} in --set {item!r}.") from None
+        import ast
+
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        node[leaf] = type(current)(parsed) if current is not None and not isinstance(
+            current, (tuple, list)) else parsed
+    if not any(o.startswith("optim.decay_steps=") for o in overrides or []):
+        config.optim.decay_steps = config.train.steps
+    return config
+
+
+def train_motion(args) -> dict:
+    from data_pipeline.loader import DatasetNotFoundError
+    from vasa_jax.train.motion_task import MotionTask
+    from vasa_jax.train.trainer import Trainer
+
+    config = motion_config(args.variant, args.data_dir, args.set)
+    print(f"Training stage 2 ({args.variant}: {config.model.depth} layers x {config.model.width}, "
+          f"W={config.model.window}, K={config.model.context}) for {config.train.steps} steps "
+          f"into {args.workdir}")
+    try:
+        trainer = Trainer(MotionTask(config), config, args.workdir)
+    except DatasetNotFoundError as e:
+        raise UserError(str(e)) from None
+    result = trainer.fit()
+    print(f"Done in {result['train_seconds'] / 60:.1f} min; final loss {result.get('loss', 0):.4f}.")
+    return result
+
+
+def eval_motion(args) -> tuple[str, str]:
+    from vasa_jax.eval.motion_eval import evaluate_motion, markdown_table, real_row, write_report
+    from vasa_jax.train.motion_task import host_model, read_clips
+    from vasa_jax.train.restore import load_trainer
+
+    try:
+        trainer, step = load_trainer(args.workdir)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    config = trainer.config
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    clips = read_clips(config, args.split, args.max_clips or None)
+    model = host_model(trainer)
+    gaze_scale = float(config.sample.cfg.get("gaze", 1.0))
+    rows = {"Real video (ground truth)": real_row(clips)}
+    for lam in [float(x) for x in args.cfg_audio.split(",")]:
+        rows[f"MotionDiT, λA={lam:g}, λg={gaze_scale:g}, {args.steps} steps"] = evaluate_motion(
+            model, clips, trainer.task.schedule, num_steps=args.steps,
+            sampler=config.sample.sampler, cfg_scales={"audio": lam, "gaze": gaze_scale},
+            seed=args.seed)
+    meta = {"workdir": args.workdir, "checkpoint_step": step, "split": args.split,
+            "clips": len(clips), "dataset": f"{config.data.dataset}/{config.data.config}",
+            "sampler": config.sample.sampler, "seed": args.seed}
+    out = args.out or os.path.join(args.workdir, "eval")
+    md, js = write_report(rows, out, meta)
+    print(markdown_table(rows))
+    print(f"\nWrote {md} and {js}")
+    return md, js
+
+
 def quickstart(args) -> None:
-    """The main job on the embedded dataset. Today: build SynthTalk and show its test split."""
+    """The main job on the embedded dataset: build SynthTalk and show its test split, train
+    stage 2 on its ground-truth motion, and print the motion evaluation on held-out people."""
     data_dir = args.data_dir or os.path.join(args.workdir, "tensorflow_datasets")
     build_args = argparse.Namespace(
         config=args.synthtalk_config, resolution=None, size=None, num_identities=None,
@@ -95,6 +181,13 @@ def quickstart(args) -> None:
                                    data_dir=data_dir, out=os.path.join(args.workdir, "show"),
                                    num_clips=6, seed=0)
     show_dataset(show_args)
+    motion_dir = os.path.join(args.workdir, "motion")
+    overrides = [f"data.config={name}"] + list(args.set or [])
+    train_motion(argparse.Namespace(variant=args.motion_variant, data_dir=data_dir,
+                                    set=overrides, workdir=motion_dir))
+    eval_motion(argparse.Namespace(workdir=motion_dir, data_dir=data_dir, split="test",
+                                   max_clips=0, steps=50, cfg_audio="0,0.5,1", seed=0,
+                                   out=os.path.join(args.workdir, "eval")))
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -122,7 +215,33 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", default=None, help="default: WORKDIR/tensorflow_datasets")
     q.add_argument("--synthtalk-config", default="res64_small")
     q.add_argument("--workers", type=int, default=0)
+    q.add_argument("--motion-variant", default="synthtalk", help="configs/motion.py variant")
+    q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a stage-2 config field (repeatable)")
     q.set_defaults(func=quickstart)
+
+    tr = sub.add_parser("train", help="train a stage on this host")
+    trsub = tr.add_subparsers(dest="stage", required=True)
+    tm = trsub.add_parser("motion", help="stage 2: MotionDiT")
+    tm.add_argument("--workdir", required=True)
+    tm.add_argument("--variant", default="synthtalk", help="test | synthtalk | paper")
+    tm.add_argument("--data-dir", default=None)
+    tm.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field, e.g. --set train.steps=500 (repeatable)")
+    tm.set_defaults(func=train_motion)
+
+    ev = sub.add_parser("eval", help="evaluate a trained stage")
+    evsub = ev.add_subparsers(dest="stage", required=True)
+    em = evsub.add_parser("motion", help="stage 2 against SynthTalk's ground truth")
+    em.add_argument("--workdir", required=True, help="the training workdir (checkpoints/)")
+    em.add_argument("--data-dir", default=None)
+    em.add_argument("--split", default="test")
+    em.add_argument("--max-clips", type=int, default=0, help="0 = the whole split")
+    em.add_argument("--steps", type=int, default=50, help="sampling steps per window")
+    em.add_argument("--cfg-audio", default="0,0.5,1", help="audio guidance scales to compare")
+    em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--out", default=None, help="default WORKDIR/eval")
+    em.set_defaults(func=eval_motion)
 
     data = sub.add_parser("data", help="build and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)

@@ -1,17 +1,20 @@
-"""Device mesh and global batches.
+"""Device mesh, logical-axis sharding, shape-first initialisation, and global batches.
 
-The mesh always has the axes ``('data', 'fsdp', 'tensor')``. The batch dimension is split over
-``('data', 'fsdp')``; each process loads only its own rows and ``global_batch`` assembles the
-global ``jax.Array`` with ``jax.make_array_from_process_local_data``.
+The mesh always has the axes ``('data', 'fsdp', 'tensor')``. Parameters carry logical axis
+names (``embed``, ``mlp``, ``heads``, ...); a config's rules table maps each name to a mesh axis
+(or to nothing: replicated). The batch dimension is split over ``('data', 'fsdp')``; each process
+loads only its own rows and ``global_batch`` assembles the global ``jax.Array`` with
+``jax.make_array_from_process_local_data``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -41,9 +44,15 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     return shape
 
 
-def create_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None = None) -> Mesh:
-    """A mesh over ``devices`` (default: all) with axes ``MESH_AXES``; -1 fills one axis."""
+def create_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None = None,
+                num_devices: int = 0) -> Mesh:
+    """A mesh over ``devices`` (default: all, or the first ``num_devices``) with axes
+    ``MESH_AXES``; -1 fills one axis."""
     devices = list(jax.devices() if devices is None else devices)
+    if num_devices:
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist.")
+        devices = devices[:num_devices]
     shape = resolve_mesh_shape(shape, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                          devices=devices)
@@ -74,3 +83,93 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
 
     return jax.tree.map(one, local_batch)
+
+
+# A rules table: (logical axis name, mesh axis | tuple of mesh axes | None).
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+DEFAULT_RULES: Rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("modulation", "tensor"),
+    ("kv", None),
+    ("motion", None),
+    ("audio", None),
+    ("cond", None),
+    ("vocab", None),
+)
+
+
+def logical_to_mesh(names: Sequence[str | None] | None, rules: Rules) -> P:
+    """PartitionSpec for logical axis ``names``; names without a rule are replicated."""
+    table = dict(rules)
+    if not names:
+        return P()
+    used: set[str] = set()
+    out = []
+    for n in names:
+        axis = table.get(n) if n is not None else None
+        axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
+        if used & set(axes):  # a mesh axis may shard only one dimension
+            axes = ()
+        used |= set(axes)
+        out.append(axes[0] if len(axes) == 1 else (axes or None))
+    return P(*out)
+
+
+def _spec_for(var: nnx.Variable, shape: Sequence[int], mesh: Mesh, rules: Rules, path: str) -> P:
+    spec = logical_to_mesh(var.get_metadata().get("out_sharding"), rules)
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if axes is None:
+            continue
+        size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+        if dim % size:
+            raise ValueError(f"Parameter {path} of shape {tuple(shape)} cannot be sharded as "
+                             f"{spec} on mesh {dict(mesh.shape)}: {dim} is not divisible by "
+                             f"{size}. Change the model width or the mesh/rules.")
+    return spec
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for every variable of an (abstract) ``nnx.State``, same structure."""
+    def one(path, var):
+        if not isinstance(var, nnx.Variable):
+            return NamedSharding(mesh, P())
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        return var.replace(NamedSharding(mesh, _spec_for(var, var.shape, mesh, rules, name)))
+
+    return jax.tree_util.tree_map_with_path(
+        one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def spec_table(shardings: Any) -> dict[str, str]:
+    """{"path/to/param": "PartitionSpec(...)"} for a tree of NamedShardings (stable strings)."""
+    flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
+    keys = lambda path: [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]  # noqa: E731
+    return {"/".join(k for k in keys(path) if k != ".value"): str(s.spec) for path, s in flat}
+
+
+def init_sharded(make: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[Any, Any, Any]:
+    """Shape-first initialisation of ``make()`` (an nnx Module, or any pytree of them).
+
+    ``nnx.eval_shape`` gives the abstract state, the rules give its shardings, and one
+    ``jax.jit`` with ``out_shardings`` creates the parameters directly in place, so a full-size
+    model never sits on one device. Returns ``(graphdef, state, shardings)``.
+    """
+    abstract = nnx.eval_shape(make)
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh, rules)
+
+    init = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)
+    return graphdef, init(), shardings
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
+    """Batch-axis shardings for a dict of arrays (host or abstract)."""
+    return {k: batch_sharding(mesh, np.ndim(v) if not hasattr(v, "ndim") else v.ndim)
+            for k, v in batch.items()}

@@ -16,8 +16,8 @@ Field order (``MOTION_FIELDS``; angles in radians, lengths in image half-widths)
  11 gaze_y     vertical eye direction, radians, positive = down
 
 The mouth follows the phones through a critically damped second-order filter (coarticulation)
-and leads the sound by one frame (40 ms). Head pose is a slow Ornstein-Uhlenbeck drift plus nods
-triggered at stressed-syllable onsets.
+and leads the sound by one frame (40 ms). Head pose is a slow, smoothed Ornstein-Uhlenbeck drift plus
+nods triggered at stressed-syllable onsets.
 """
 
 from __future__ import annotations
@@ -76,15 +76,19 @@ def mouth_track(utt: ph.Utterance, num_frames: int, lead_frames: int = LIP_LEAD_
     return np.clip(smooth[idx], 0.0, 1.0)
 
 
-def _ou(rng: np.random.Generator, n: int, std: float, theta: float, dt: float = 1 / FPS
-        ) -> np.ndarray:
-    """(n,) stationary Ornstein-Uhlenbeck path with stationary ``std`` and reversion ``theta``."""
+def _ou(rng: np.random.Generator, n: int, std: float, theta: float, smooth: float = 0.12,
+        dt: float = 1 / FPS) -> np.ndarray:
+    """(n,) stationary Ornstein-Uhlenbeck drift (stationary ``std``, reversion rate ``theta``),
+    smoothed by a critically damped filter of time constant ``smooth`` seconds: a raw OU path is
+    rough at frame scale, real heads and eyes move smoothly. The path starts ``4 smooth`` early
+    so the filter has settled."""
+    lead = int(np.ceil(4 * smooth / dt))
     a = np.exp(-theta * dt)
-    noise = rng.standard_normal(n) * std * np.sqrt(1 - a * a)
-    x = np.empty(n)
+    noise = rng.standard_normal(n + lead) * std * np.sqrt(1 - a * a)
+    x = np.empty(n + lead)
     x[0] = rng.standard_normal() * std
     x[1:] = signal.lfilter([1.0], [1.0, -a], noise[1:], zi=[a * x[0]])[0]
-    return x
+    return _critically_damped(x[:, None], smooth, dt)[lead:, 0]
 
 
 def nod_track(utt: ph.Utterance, num_frames: int, amplitude: float, rng: np.random.Generator
@@ -131,8 +135,8 @@ def sample_motion(rng: np.random.Generator, utt: ph.Utterance, num_frames: int,
     m[:, FIELD["scale"]] = distance_to_scale(distance) * (1.0 + _ou(rng, num_frames, 0.015, 0.5))
     m[:, FIELD["jaw_open"]:FIELD["lip_round"] + 1] = mouth_track(utt, num_frames)
     m[:, FIELD["blink"]] = blink_track(rng, num_frames)
-    m[:, FIELD["gaze_x"]] = gaze[0] + _ou(rng, num_frames, 0.025, 2.0)
-    m[:, FIELD["gaze_y"]] = gaze[1] + _ou(rng, num_frames, 0.02, 2.0)
+    m[:, FIELD["gaze_x"]] = gaze[0] + _ou(rng, num_frames, 0.025, 2.0, smooth=0.05)
+    m[:, FIELD["gaze_y"]] = gaze[1] + _ou(rng, num_frames, 0.02, 2.0, smooth=0.05)
     return m.astype(np.float32)
 
 

@@ -1,0 +1,1 @@
+"""Stage 2: audio frontends, the motion diffusion transformer, diffusion and sampling."""

@@ -1,0 +1,85 @@
+"""Audio frontends: 16 kHz speech -> one feature vector per 25 fps video frame.
+
+Every frontend takes (S,) or (B, S) float32 audio with S a multiple of 640 and returns (T, D) or
+(B, T, D) with T = S / 640, where row k describes exactly samples [640 k, 640 (k + 1)) (plus the
+analysis window's overlap). ``make_frontend(name)`` builds one by name; ``mel`` is the default and
+works offline. New frontends (wav2vec2) register in ``FRONTENDS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+from vasa_jax.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
+
+
+class AudioFrontend(Protocol):
+    name: str
+
+    @property
+    def dim(self) -> int:
+        """Features per video frame."""
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """(S,) or (B, S) float32 -> (T, D) or (B, T, D) float32, T = S // 640."""
+
+
+def _check_audio(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio, np.float32)
+    if audio.shape[-1] % SAMPLES_PER_FRAME:
+        raise ValueError(f"Audio length {audio.shape[-1]} is not a multiple of "
+                         f"{SAMPLES_PER_FRAME} samples (one 25 fps frame at 16 kHz).")
+    return audio
+
+
+@dataclasses.dataclass(frozen=True)
+class MelFrontend:
+    """Log-mel features (librosa): ``hops_per_frame`` 10-ms hops of ``n_mels`` bands per frame,
+    concatenated, so a frame's vector keeps the sub-frame timing of the sound."""
+
+    n_mels: int = 40
+    hops_per_frame: int = 4
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    name: str = "mel"
+
+    @property
+    def dim(self) -> int:
+        return self.n_mels * self.hops_per_frame
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        import librosa
+
+        audio = _check_audio(audio)
+        hop = SAMPLES_PER_FRAME // self.hops_per_frame
+        t = audio.shape[-1] // SAMPLES_PER_FRAME
+        mel = librosa.feature.melspectrogram(
+            y=audio, sr=SAMPLE_RATE, n_fft=self.n_fft, hop_length=hop, win_length=self.win_length,
+            n_mels=self.n_mels, fmin=50.0, fmax=SAMPLE_RATE / 2, center=True, power=2.0)
+        logmel = np.log(mel + 1e-6)[..., : t * self.hops_per_frame]  # (..., n_mels, hops)
+        logmel = np.swapaxes(logmel, -1, -2)  # (..., T * hops, n_mels)
+        return logmel.reshape(*audio.shape[:-1], t, self.dim).astype(np.float32)
+
+
+FRONTENDS: dict[str, Any] = {"mel": MelFrontend}
+
+
+def make_frontend(name: str = "mel", **kwargs) -> AudioFrontend:
+    if name not in FRONTENDS:
+        raise ValueError(f"Unknown audio frontend {name!r}; available: {sorted(FRONTENDS)}.")
+    return FRONTENDS[name](**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class AddAudioFeatures:
+    """Loader transform: example['audio'] (S,) -> example['audio_features'] (T, D)."""
+
+    frontend: Any
+
+    def __call__(self, ex: dict) -> dict:
+        ex = dict(ex)
+        ex["audio_features"] = self.frontend(ex["audio"])
+        return ex
