@@ -24,9 +24,11 @@ A batch is a dict of NumPy arrays with a leading batch dimension B::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import sys
+import threading
 from typing import Any, Sequence
 
 import cv2
@@ -38,7 +40,9 @@ from etils import epath
 
 from vasa_jax.constants import SAMPLES_PER_FRAME
 
-PER_FRAME_FIELDS = ("motion", "phones")  # sliced with the window when present
+# Per-frame fields sliced with the window when present (``audio_features`` comes from a clip
+# transform such as ``vasa_jax.motion.audio.AddAudioFeatures``).
+PER_FRAME_FIELDS = ("motion", "phones", "audio_features")
 CLIP_FIELDS = ("identity", "clip", "emotion", "gaze", "distance")
 # Fields whose sign flips under a horizontal mirror: motion columns yaw, roll, tx, gaze_x,
 # and the clip's gaze theta.
@@ -123,15 +127,58 @@ def _example_rng(seed: int, pos: int, salt: int) -> np.random.Generator:
 
 @dataclasses.dataclass(frozen=True)
 class ReadClip(grain.transforms.Map):
-    """Global stream position -> the stored clip at that position of the shuffled order."""
+    """Global stream position -> the stored clip at that position of the shuffled order, after
+    the whole-clip ``clip_transforms`` (e.g. audio features).
+
+    ``keep`` drops fields the rest of the pipeline will not use (``None`` keeps all). With
+    ``cache_size`` > 0 the prepared clips are kept in an LRU cache in each loading process, so
+    repeated epochs skip reading, parsing and the clip transforms (for datasets that fit in
+    memory once the pixels are dropped).
+    """
 
     source: Any
     order: Any  # MapDataset: stream position -> clip index
+    clip_transforms: tuple = ()
+    keep: tuple | None = None
+    cache_size: int = 0
+
+    def _prepare(self, index: int) -> dict[str, Any]:
+        ex = dict(self.source[index])
+        for t in self.clip_transforms:
+            ex = t(ex)
+        if self.keep is not None:
+            ex = {k: v for k, v in ex.items() if k in self.keep}
+        return ex
 
     def map(self, pos: int) -> dict[str, Any]:
-        ex = dict(self.source[self.order[pos]])
+        index = int(self.order[pos])
+        if self.cache_size > 0:
+            if "_cache" not in self.__dict__:  # per process; reading threads share it
+                object.__setattr__(self, "_cache", (collections.OrderedDict(), threading.Lock()))
+            cache, lock = self._cache
+            with lock:
+                ex = cache.get(index)
+                if ex is not None:
+                    cache.move_to_end(index)
+            if ex is None:
+                ex = self._prepare(index)
+                with lock:
+                    cache[index] = ex
+                    if len(cache) > self.cache_size:
+                        cache.popitem(last=False)
+        else:
+            ex = self._prepare(index)
+        ex = dict(ex)
         ex["pos"] = np.int64(pos)
         return ex
+
+    def __getstate__(self):  # the cache stays in the process that filled it
+        state = dict(self.__dict__)
+        state.pop("_cache", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,16 +187,17 @@ class ClipWindow(grain.transforms.Map):
 
     ``random_start`` False takes the window at frame 0 (evaluation); True draws the start
     uniformly from the clip's valid range, keyed by (seed, stream position). ``frames`` False
-    skips the pixels altogether (motion-only training).
+    skips the pixels altogether (motion-only training); ``audio`` False leaves out the raw audio.
     """
 
     num_frames: int
     random_start: bool = True
     frames: bool = True
     seed: int = 0
+    audio: bool = True
 
     def map(self, ex: dict[str, Any]) -> dict[str, Any]:
-        total = len(ex["motion"]) if "motion" in ex else len(ex["frames"])
+        total = next(len(ex[k]) for k in ("motion", "frames", "audio_features") if k in ex)
         if total < self.num_frames:
             raise ValueError(f"Clip has {total} frames but the loader asks for windows of "
                              f"{self.num_frames}; lower num_frames or rebuild with longer clips.")
@@ -158,11 +206,10 @@ class ClipWindow(grain.transforms.Map):
             start = int(_example_rng(self.seed, int(ex["pos"]), 1).integers(
                 0, total - self.num_frames + 1))
         stop = start + self.num_frames
-        out = {
-            "audio": _to_float_audio(ex["audio"][start * SAMPLES_PER_FRAME:stop * SAMPLES_PER_FRAME]),
-            "start": np.int32(start),
-            "pos": ex["pos"],
-        }
+        out = {"start": np.int32(start), "pos": ex["pos"]}
+        if self.audio:
+            out["audio"] = _to_float_audio(
+                ex["audio"][start * SAMPLES_PER_FRAME:stop * SAMPLES_PER_FRAME])
         if self.frames:
             out["frames"] = np.stack([decode_frame(b) for b in ex["frames"][start:stop]])
         for k in PER_FRAME_FIELDS:
@@ -232,6 +279,8 @@ class LoaderConfig:
     flip_prob: float = 0.5
     colour_jitter: float = 0.1
     drop_remainder: bool = True
+    audio: bool = True  # False: leave the raw audio out of the batches
+    cache_clips: int = 0  # >0: keep this many prepared clips per loading process (LRU)
     worker_count: int = 0  # grain worker processes; 0 loads in this process (with threads)
     worker_buffer_size: int = 2
     shard_index: int | None = None  # default: jax.process_index()
@@ -251,11 +300,11 @@ class _LocalToGlobal(grain.transforms.Map):
         return (step * self.shard_count + self.shard_index) * self.local_batch + row
 
 
-def make_loader(cfg: LoaderConfig, transforms: Sequence[grain.transforms.Map] = ()
-                ) -> grain.IterDataset:
+def make_loader(cfg: LoaderConfig, clip_transforms: Sequence[Any] = ()) -> grain.IterDataset:
     """The grain dataset for ``cfg``; ``iter()`` it for batches (``get_state``/``set_state``).
 
-    ``transforms`` run per example after windowing and augmentation (e.g. audio features).
+    ``clip_transforms`` (callables example -> example) run on each whole clip before windowing,
+    e.g. ``AddAudioFeatures``, whose per-frame output is then windowed like the motion.
     """
     source, _ = open_source(cfg.dataset, cfg.config, cfg.split, cfg.data_dir)
     p = jax.process_index() if cfg.shard_index is None else cfg.shard_index
@@ -286,12 +335,15 @@ def make_loader(cfg: LoaderConfig, transforms: Sequence[grain.transforms.Map] = 
     else:  # finite: list the positions, without those past the end in a last partial batch
         ds = grain.MapDataset.source(
             [g for g in map(to_global.map, range(num_local)) if g < total])
-    ds = ds.map(ReadClip(source, order))
-    ds = ds.map(ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed))
+    keep = None
+    if not cfg.frames or not cfg.audio:  # do not hold (or cache) what will not be used
+        drop = ({"frames"} if not cfg.frames else set()) | ({"audio"} if not cfg.audio else set())
+        keep = tuple(k for k in (*PER_FRAME_FIELDS, *CLIP_FIELDS, "frames", "audio")
+                     if k not in drop)
+    ds = ds.map(ReadClip(source, order, tuple(clip_transforms), keep, cfg.cache_clips))
+    ds = ds.map(ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed, cfg.audio))
     if cfg.augment:
         ds = ds.map(Augment(cfg.flip_prob, cfg.colour_jitter, cfg.seed))
-    for t in transforms:
-        ds = ds.map(t)
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if cfg.worker_count == 0 else 1,
                                               prefetch_buffer_size=cfg.worker_buffer_size))

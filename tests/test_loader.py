@@ -195,3 +195,25 @@ def test_global_batch_is_independent_of_the_process_count(synthtalk_tiny):
 def test_motion_only_batches_skip_the_pixels(synthtalk_tiny):
     b = next(iter(make_loader(_cfg(synthtalk_tiny, frames=False))))
     assert "frames" not in b and b["motion"].shape == (2, 10, 12)
+
+
+def test_clip_transforms_feed_the_window_and_the_cache_keeps_batches_identical(synthtalk_tiny):
+    """A whole-clip transform's per-frame output is windowed with the motion; caching prepared
+    clips changes nothing in the batches; frames/audio can be left out."""
+    from vasa_jax.motion.audio import AddAudioFeatures, make_frontend
+
+    fe = AddAudioFeatures(make_frontend("mel", n_mels=8))
+    kw = dict(frames=False, audio=False, num_epochs=3)
+    plain = _take(iter(make_loader(_cfg(synthtalk_tiny, **kw), clip_transforms=[fe])), 10)
+    cached = _take(iter(make_loader(_cfg(synthtalk_tiny, cache_clips=100, **kw),
+                                    clip_transforms=[fe])), 10)
+    _assert_same(plain, cached)
+    b = plain[0]
+    assert "frames" not in b and "audio" not in b and b["audio_features"].shape == (2, 10, 32)
+    source, _ = open_source("synthtalk", TINY, "train", synthtalk_tiny)
+    by_key = {(int(source[i]["identity"]), int(source[i]["clip"])): source[i]
+              for i in range(len(source))}
+    ex = by_key[(int(b["identity"][0]), int(b["clip"][0]))]
+    s = int(b["start"][0])
+    whole = fe({"audio": ex["audio"].astype(np.float32) / 32768})["audio_features"]
+    np.testing.assert_allclose(b["audio_features"][0], whole[s:s + 10], rtol=1e-6)

@@ -212,3 +212,8 @@ def test_mel_frontend_alignment():
     with pytest.raises(ValueError, match="multiple of 640"):
         fe(np.zeros(1000, np.float32))
     np.testing.assert_allclose(fe(np.stack([audio, audio]))[1], f, rtol=1e-5)
+    # 16-bit PCM is read as [-1, 1] (on audio above the quantisation floor).
+    noisy = audio + np.random.default_rng(1).normal(0, 0.01, audio.shape).astype(np.float32)
+    noisy = np.clip(noisy, -1.0, 32767 / 32768)
+    pcm = np.round(noisy * 32768).astype(np.int16)
+    np.testing.assert_allclose(fe(pcm), fe(noisy), atol=0.05)

@@ -21,11 +21,11 @@ class Checkpointer:
     """Save/restore ``(state, data iterator, config)`` under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
-                 save_interval_steps: int = 1000, use_async: bool = True):
+                 save_interval_steps: int = 1000, use_async: bool = True, create: bool = True):
         self.directory = epath.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-            enable_async_checkpointing=use_async, create=True)
+            enable_async_checkpointing=use_async, create=create)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),

@@ -1,6 +1,7 @@
 """Audio frontends: 16 kHz speech -> one feature vector per 25 fps video frame.
 
-Every frontend takes (S,) or (B, S) float32 audio with S a multiple of 640 and returns (T, D) or
+Every frontend takes (S,) or (B, S) audio (float32 in [-1, 1], or 16-bit PCM) with S a multiple
+of 640 and returns (T, D) or
 (B, T, D) with T = S / 640, where row k describes exactly samples [640 k, 640 (k + 1)) (plus the
 analysis window's overlap). ``make_frontend(name)`` builds one by name; ``mel`` is the default and
 works offline. New frontends (wav2vec2) register in ``FRONTENDS``.
@@ -28,7 +29,10 @@ class AudioFrontend(Protocol):
 
 
 def _check_audio(audio: np.ndarray) -> np.ndarray:
-    audio = np.asarray(audio, np.float32)
+    """Float audio in [-1, 1] (16-bit PCM is rescaled) whose length is whole frames."""
+    audio = np.asarray(audio)
+    audio = audio.astype(np.float32) / 32768.0 if audio.dtype == np.int16 else audio.astype(
+        np.float32)
     if audio.shape[-1] % SAMPLES_PER_FRAME:
         raise ValueError(f"Audio length {audio.shape[-1]} is not a multiple of "
                          f"{SAMPLES_PER_FRAME} samples (one 25 fps frame at 16 kHz).")

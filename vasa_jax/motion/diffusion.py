@@ -64,6 +64,16 @@ def x0_loss(pred: jax.Array, x0: jax.Array, mask: jax.Array | None = None) -> ja
     return err.mean(axis=tuple(range(1, err.ndim)))
 
 
+def velocity_loss(pred: jax.Array, x0: jax.Array) -> jax.Array:
+    """Mean squared error of frame-to-frame differences: (B, W, M) -> (B,).
+
+    Not in VASA-1: an optional auxiliary term (``config.diffusion.velocity_weight``) with the
+    same optimum as the x0 loss that weights high-frequency (jitter) errors more, as motion
+    diffusion models commonly do (e.g. MDM, Tevet et al. 2023)."""
+    d = lambda x: x[:, 1:] - x[:, :-1]  # noqa: E731
+    return jnp.square(d(pred) - d(x0)).mean(axis=(1, 2))
+
+
 def sample_drops(key: jax.Array, window: int, *, p_condition: float = 0.1,
                  p_context: float = 0.5, p_audio_tail: float = 0.1, max_audio_tail: int = 0
                  ) -> dict[str, jax.Array]:

@@ -2,7 +2,9 @@
 
 Training example: a window of K + W frames; the first K are the context (previous motion and
 audio), the last W the target. Per example (keys from its global stream position): a timestep,
-noise, and the paper's condition dropout. Loss: ``|| X0 - H(X_t, t, C) ||^2`` in normalised units.
+noise, and the paper's condition dropout. Loss: ``|| X0 - H(X_t, t, C) ||^2`` in normalised units,
+plus ``velocity_weight`` times the same error on frame-to-frame differences (0 in the paper
+config; see ``diffusion.velocity_loss``).
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ def frontend_from_config(config):
 
 def loader_config(config, *, split: str, num_frames: int, train: bool, batch_size: int,
                   shard_index=None, shard_count=None) -> LoaderConfig:
+    """Motion-only windows (no pixels, no raw audio; audio features come from a clip
+    transform)."""
     d = config.data
     return LoaderConfig(
         dataset=d.dataset, config=d.config, split=split, data_dir=d.data_dir or None,
         num_frames=num_frames, batch_size=batch_size, seed=config.seed, shuffle=train,
-        num_epochs=None if train else 1, random_window=train, frames=False,
+        num_epochs=None if train else 1, random_window=train, frames=False, audio=False,
         augment=train and d.flip, flip_prob=0.5, colour_jitter=0.0, drop_remainder=train,
+        cache_clips=d.cache_clips if train else 0,
         worker_count=d.num_workers if train else 0, worker_buffer_size=d.worker_buffer_size,
         shard_index=shard_index, shard_count=shard_count)
 
@@ -50,7 +55,7 @@ def read_clips(config, split: str, max_clips: int | None = None) -> list[dict[st
     num_frames = info.features["motion"].shape[0]
     cfg = loader_config(config, split=split, num_frames=num_frames, train=False, batch_size=1,
                         shard_index=0, shard_count=1)
-    it = iter(make_loader(cfg, transforms=[AddAudioFeatures(frontend_from_config(config))]))
+    it = iter(make_loader(cfg, clip_transforms=[AddAudioFeatures(frontend_from_config(config))]))
     clips = []
     for _ in range(n):
         b = next(it)
@@ -101,7 +106,7 @@ class MotionTask(Task):
         per_process = self.config.data.batch_size // jax.process_count()
         cfg = loader_config(self.config, split=self.config.data.split,
                             num_frames=self.window_frames(), train=True, batch_size=per_process)
-        return make_loader(cfg, transforms=[AddAudioFeatures(self.frontend)])
+        return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)])
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         b = len(batch["motion"])
@@ -136,9 +141,11 @@ class MotionTask(Task):
         cond = {"audio": audio[:, k:], "audio_pre": audio[:, :k], "motion_pre": motion[:, :k],
                 "gaze": batch["gaze"], "distance": batch["distance"], "emotion": batch["emotion"]}
         pred = model(x_t, t, cond, drops)
-        per_ex = diffusion.x0_loss(pred, x0)
-        loss = per_ex.mean()
-        return loss, {"x0_mse": loss, "drop_context_rate": drops["context"].mean()}
+        x0_mse = diffusion.x0_loss(pred, x0).mean()
+        vel_mse = diffusion.velocity_loss(pred, x0).mean()
+        loss = x0_mse + d.velocity_weight * vel_mse
+        return loss, {"x0_mse": x0_mse, "velocity_mse": vel_mse,
+                      "drop_context_rate": drops["context"].mean()}
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, trainer, step: int) -> dict[str, float]:

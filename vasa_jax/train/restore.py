@@ -18,8 +18,8 @@ def load_trainer(workdir: str, *, step: int | None = None, mesh_shape=(-1, 1, 1)
     from vasa_jax.train.trainer import Trainer
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    ckpt = Checkpointer(ckpt_dir, use_async=False)
-    if ckpt.latest_step() is None:
+    ckpt = Checkpointer(ckpt_dir, use_async=False, create=False) if os.path.isdir(ckpt_dir) else None
+    if ckpt is None or ckpt.latest_step() is None:
         raise FileNotFoundError(f"No checkpoint under {ckpt_dir}. Train first, e.g. "
                                 f"`vasa-jax train motion --workdir {workdir}`.")
     step = ckpt.latest_step() if step is None else step
