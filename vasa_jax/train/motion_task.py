@@ -18,6 +18,7 @@ from absl import logging
 from flax import nnx
 
 from data_pipeline.loader import LoaderConfig, make_loader, open_source
+from vasa_jax import parallel
 from vasa_jax.motion import diffusion
 from vasa_jax.motion.audio import AddAudioFeatures, make_frontend
 from vasa_jax.motion.dit import MotionDiT, make_motion_dit
@@ -103,7 +104,7 @@ class MotionTask(Task):
         return self.config.model.context + self.config.model.window
 
     def train_loader(self):
-        per_process = self.config.data.batch_size // jax.process_count()
+        per_process = parallel.batch_size_per_process(self.config.data.batch_size)
         cfg = loader_config(self.config, split=self.config.data.split,
                             num_frames=self.window_frames(), train=True, batch_size=per_process)
         return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)])

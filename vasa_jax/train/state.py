@@ -6,7 +6,7 @@ Parameters are kept in named groups (stage 2: ``model``; stage 1: ``generator`` 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import flax.struct
 import jax
@@ -62,7 +62,3 @@ def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
 def all_finite(*trees: Any) -> jax.Array:
     leaves = [x for t in trees for x in jax.tree.leaves(t)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def global_norm(grads: Mapping[str, Any]) -> jax.Array:
-    return optax.global_norm(grads)
