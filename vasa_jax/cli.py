@@ -132,7 +132,7 @@ def train_motion(args) -> dict:
         trainer = Trainer(MotionTask(config), config, args.workdir)
     except DatasetNotFoundError as e:
         raise UserError(str(e)) from None
-    result = trainer.fit()
+    result = trainer.fit(progress=True)
     print(f"Done in {result['train_seconds'] / 60:.1f} min; final loss {result.get('loss', 0):.4f}.")
     return result
 
@@ -154,6 +154,8 @@ def eval_motion(args) -> tuple[str, str]:
     gaze_scale = float(config.sample.cfg.get("gaze", 1.0))
     rows = {"Real video (ground truth)": real_row(clips)}
     for lam in [float(x) for x in args.cfg_audio.split(",")]:
+        print(f"Generating motion for {len(clips)} {args.split} clips: λA={lam:g}, "
+              f"λg={gaze_scale:g}, {args.steps} steps ...", flush=True)
         rows[f"MotionDiT, λA={lam:g}, λg={gaze_scale:g}, {args.steps} steps"] = evaluate_motion(
             model, clips, trainer.task.schedule, num_steps=args.steps,
             sampler=config.sample.sampler, cfg_scales={"audio": lam, "gaze": gaze_scale},

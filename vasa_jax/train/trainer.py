@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
@@ -225,8 +226,10 @@ class Trainer:
         return metrics
 
     # -- loop ----------------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        """Train to ``config.train.steps`` (resuming from the workdir's latest checkpoint)."""
+    def fit(self, progress: bool = False) -> dict[str, float]:
+        """Train to ``config.train.steps`` (resuming from the workdir's latest checkpoint).
+
+        ``progress`` shows a progress bar with the latest loss on process 0 (for terminals)."""
         cfg = self.config.train
         is_main = jax.process_index() == 0
         ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"),
@@ -251,16 +254,20 @@ class Trainer:
                                                   first_profile=cfg.profile_first_step,
                                                   logdir=self.workdir))
         last: dict[str, float] = {}
+        bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True,
+                        disable=not (progress and is_main))
         t0 = time.time()
-        with _SigtermFlag() as sigterm:
+        with _SigtermFlag() as sigterm, bar:
             for step in range(start, cfg.steps):
                 metrics = self.train_step(next(data))
                 done = step + 1
                 for h in hooks:
                     h(done)
+                bar.update(1)
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     writer.write_scalars(done, last)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
                 if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                     ev = self.task.evaluate(self, done)
                     if ev:
