@@ -39,6 +39,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from vasa_jax.constants import SAMPLES_PER_FRAME
+from vasa_jax.media.audio import to_float32
 
 # Per-frame fields sliced with the window when present (``audio_features`` comes from a clip
 # transform such as ``vasa_jax.motion.audio.AddAudioFeatures``).
@@ -208,7 +209,7 @@ class ClipWindow(grain.transforms.Map):
         stop = start + self.num_frames
         out = {"start": np.int32(start), "pos": ex["pos"]}
         if self.audio:
-            out["audio"] = _to_float_audio(
+            out["audio"] = to_float32(
                 ex["audio"][start * SAMPLES_PER_FRAME:stop * SAMPLES_PER_FRAME])
         if self.frames:
             out["frames"] = np.stack([decode_frame(b) for b in ex["frames"][start:stop]])
@@ -219,13 +220,6 @@ class ClipWindow(grain.transforms.Map):
             if k in ex:
                 out[k] = np.asarray(ex[k], np.float32 if k in ("gaze", "distance") else np.int32)
         return out
-
-
-def _to_float_audio(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype == np.int16:
-        return a.astype(np.float32) / 32768.0
-    return a.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from data_pipeline.loader import decode_frame, open_source
 from data_pipeline.synthtalk.motion import EMOTIONS
+from vasa_jax.media.audio import to_float32
 from vasa_jax.media.video_io import atomic_path, write_mp4
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -33,8 +34,7 @@ def load_clips(dataset: str, config: str, split: str, data_dir: str | None, num_
     for i in sorted(idx.tolist()):
         ex = dict(source[i])
         ex["frames"] = np.stack([decode_frame(b) for b in ex["frames"]])
-        a = np.asarray(ex["audio"])
-        ex["audio"] = a.astype(np.float32) / 32768.0 if a.dtype == np.int16 else a.astype(np.float32)
+        ex["audio"] = to_float32(ex["audio"])
         clips.append(ex)
     return clips, dict(info.metadata or {})
 

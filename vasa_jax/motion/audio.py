@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vasa_jax.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.media.audio import to_float32
 
 
 class AudioFrontend(Protocol):
@@ -30,9 +31,7 @@ class AudioFrontend(Protocol):
 
 def _check_audio(audio: np.ndarray) -> np.ndarray:
     """Float audio in [-1, 1] (16-bit PCM is rescaled) whose length is whole frames."""
-    audio = np.asarray(audio)
-    audio = audio.astype(np.float32) / 32768.0 if audio.dtype == np.int16 else audio.astype(
-        np.float32)
+    audio = to_float32(audio)
     if audio.shape[-1] % SAMPLES_PER_FRAME:
         raise ValueError(f"Audio length {audio.shape[-1]} is not a multiple of "
                          f"{SAMPLES_PER_FRAME} samples (one 25 fps frame at 16 kHz).")
