@@ -212,7 +212,8 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("quickstart", help="build SynthTalk and show it (the README's main job)")
+    q = sub.add_parser("quickstart", help="the README's main job: build and show SynthTalk, "
+                       "train stage 2, print its evaluation")
     q.add_argument("--workdir", default="runs/quickstart")
     q.add_argument("--data-dir", default=None, help="default: WORKDIR/tensorflow_datasets")
     q.add_argument("--synthtalk-config", default="res64_small")

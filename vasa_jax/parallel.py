@@ -1,4 +1,4 @@
-"""Device mesh, logical-axis sharding, shape-first initialisation, and global batches.
+"""Device mesh, logical-axis sharding, and global batches.
 
 The mesh always has the axes ``('data', 'fsdp', 'tensor')``. Parameters carry logical axis
 names (``embed``, ``mlp``, ``heads``, ...); a config's rules table maps each name to a mesh axis
@@ -10,7 +10,7 @@ loads only its own rows and ``global_batch`` assembles the global ``jax.Array`` 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -148,21 +148,6 @@ def spec_table(shardings: Any) -> dict[str, str]:
     flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
     keys = lambda path: [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]  # noqa: E731
     return {"/".join(k for k in keys(path) if k != ".value"): str(s.spec) for path, s in flat}
-
-
-def init_sharded(make: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[Any, Any, Any]:
-    """Shape-first initialisation of ``make()`` (an nnx Module, or any pytree of them).
-
-    ``nnx.eval_shape`` gives the abstract state, the rules give its shardings, and one
-    ``jax.jit`` with ``out_shardings`` creates the parameters directly in place, so a full-size
-    model never sits on one device. Returns ``(graphdef, state, shardings)``.
-    """
-    abstract = nnx.eval_shape(make)
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = state_shardings(abstract_state, mesh, rules)
-
-    init = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)
-    return graphdef, init(), shardings
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

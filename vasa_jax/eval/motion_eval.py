@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data_pipeline.synthtalk.motion import FIELD
 from vasa_jax.eval import motion_metrics as mm
 from vasa_jax.motion import diffusion
 from vasa_jax.motion.generate import generate_motion
 
-# Column indices in SynthTalk's motion track (data_pipeline.synthtalk.motion.MOTION_FIELDS).
-POSE = slice(0, 3)
-JAW, LIP_WIDTH, GAZE = 6, 7, slice(10, 12)
+POSE = slice(FIELD["yaw"], FIELD["roll"] + 1)
+JAW, LIP_WIDTH = FIELD["jaw_open"], FIELD["lip_width"]
+GAZE = slice(FIELD["gaze_x"], FIELD["gaze_y"] + 1)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "num_steps", "sampler", "scales"))

@@ -2,7 +2,7 @@
 ``vasa_jax.parallel``).
 
 Parameters are placed on devices by ``jax.jit(..., out_shardings=...)`` at initialisation
-(shape-first, see ``vasa_jax.parallel.init_sharded``), so Flax's creation-time ("eager")
+(shape-first, see ``vasa_jax.train.trainer.Trainer``), so Flax's creation-time ("eager")
 sharding of annotated variables, which needs a mesh in context, is switched off: models can then
 be built anywhere (a notebook, a test) and placed on any mesh later.
 """

@@ -24,9 +24,6 @@ from vasa_jax.motion.audio import AddAudioFeatures, make_frontend
 from vasa_jax.motion.dit import MotionDiT, make_motion_dit
 from vasa_jax.train.task import Task
 
-STEP_FIELDS = ("audio_features", "motion", "gaze", "distance", "emotion", "pos")
-
-
 def frontend_from_config(config):
     a = config.audio
     return make_frontend(a.frontend, **{k: v for k, v in a.items() if k != "frontend"})
