@@ -212,3 +212,22 @@ def test_a_killed_peer_fails_the_job_with_a_clear_error(synthtalk_tiny, tmp_path
     log0 = (wd / "logs" / "process_0.log").read_text()
     assert "another task died" in log0 or "stopped sending heartbeats" in log0
     assert elapsed < 60  # process 0 gave up on its own, well before the launcher's grace
+
+
+def test_sigterm_on_a_checkpoint_step_saves_once_and_stops(synthtalk_tiny, tmp_path):
+    """SIGTERM arriving at a step that was just checkpointed stops cleanly (no second save of
+    the same step)."""
+    from vasa_jax.train.trainer import Preempted
+
+    class SigtermAtStep2(MotionTask):
+        def evaluate(self, trainer, step):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return {}
+
+    c = _config(synthtalk_tiny, **{"train.steps": 10, "train.checkpoint_every": 2,
+                                   "train.eval_every": 1})
+    with pytest.raises(Preempted) as stop:
+        Trainer(SigtermAtStep2(c), c, str(tmp_path)).fit()
+    assert stop.value.step == 2
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2

@@ -273,9 +273,10 @@ class Trainer:
                     if ev:
                         writer.write_scalars(done, {f"eval/{k}": v for k, v in ev.items()})
                         last.update({f"eval/{k}": v for k, v in ev.items()})
-                ckpt.save(done, self.state, data, self.config, force=done == cfg.steps)
+                saved = ckpt.save(done, self.state, data, self.config, force=done == cfg.steps)
                 if sigterm.any_process():
-                    ckpt.save(done, self.state, data, self.config, force=True)
+                    if not saved:  # this step is not on the checkpoint interval
+                        ckpt.save(done, self.state, data, self.config, force=True)
                     ckpt.close()
                     writer.flush()
                     logging.warning("SIGTERM: saved checkpoint at step %d, exiting.", done)
