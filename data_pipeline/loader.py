@@ -45,9 +45,10 @@ from vasa_jax.media.audio import to_float32
 # transform such as ``vasa_jax.motion.audio.AddAudioFeatures``).
 PER_FRAME_FIELDS = ("motion", "phones", "audio_features")
 CLIP_FIELDS = ("identity", "clip", "emotion", "gaze", "distance")
-# Fields whose sign flips under a horizontal mirror: motion columns yaw, roll, tx, gaze_x,
-# and the clip's gaze theta.
+# Fields whose sign flips under a horizontal mirror: motion columns yaw, roll, tx, gaze_x of
+# SynthTalk's 12-column ground-truth track, and the clip's gaze theta.
 _MIRRORED_MOTION_COLUMNS = (0, 2, 3, 10)
+_MIRRORED_MOTION_WIDTH = 12  # the columns above only mean that on SynthTalk's track
 
 
 def default_data_dir() -> str:
@@ -63,6 +64,13 @@ class DatasetNotFoundError(FileNotFoundError):
 def dataset_dir(dataset: str, config: str, data_dir: str | None = None) -> epath.Path:
     """Directory of the newest prepared version of ``dataset/config`` under ``data_dir``."""
     data_dir = data_dir or default_data_dir()
+    if not config:
+        present = sorted(p.name for p in (epath.Path(data_dir) / dataset).glob("*")) if (
+            epath.Path(data_dir) / dataset).exists() else []
+        hint = f" Prepared configs there: {', '.join(present)}." if present else ""
+        raise DatasetNotFoundError(
+            f"No config given for dataset '{dataset}' (under {data_dir}).{hint} Set it, e.g. "
+            f"--config.data.config=<name printed by the {dataset} build>.")
     root = epath.Path(data_dir) / dataset / config
     versions = sorted((p for p in root.glob("*") if (p / "dataset_info.json").exists()),
                       key=lambda p: tfds.core.Version(p.name) if _is_version(p.name) else
@@ -189,6 +197,9 @@ class ClipWindow(grain.transforms.Map):
     ``random_start`` False takes the window at frame 0 (evaluation); True draws the start
     uniformly from the clip's valid range, keyed by (seed, stream position). ``frames`` False
     skips the pixels altogether (motion-only training); ``audio`` False leaves out the raw audio.
+    ``random_frames`` > 0 instead picks that many distinct frames anywhere in the clip (in
+    random order, keyed like the window; e.g. the source/driver pairs of stage 1), decodes only
+    those and returns their indices as ``frame_index``; raw audio is then left out.
     """
 
     num_frames: int
@@ -196,9 +207,12 @@ class ClipWindow(grain.transforms.Map):
     frames: bool = True
     seed: int = 0
     audio: bool = True
+    random_frames: int = 0
 
     def map(self, ex: dict[str, Any]) -> dict[str, Any]:
         total = next(len(ex[k]) for k in ("motion", "frames", "audio_features") if k in ex)
+        if self.random_frames:
+            return self._pick_frames(ex, total)
         if total < self.num_frames:
             raise ValueError(f"Clip has {total} frames but the loader asks for windows of "
                              f"{self.num_frames}; lower num_frames or rebuild with longer clips.")
@@ -216,23 +230,52 @@ class ClipWindow(grain.transforms.Map):
         for k in PER_FRAME_FIELDS:
             if k in ex:
                 out[k] = np.asarray(ex[k][start:stop])
+        return self._clip_fields(ex, out)
+
+    @staticmethod
+    def _clip_fields(ex: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         for k in CLIP_FIELDS:
             if k in ex:
                 out[k] = np.asarray(ex[k], np.float32 if k in ("gaze", "distance") else np.int32)
         return out
+
+    def _pick_frames(self, ex: dict[str, Any], total: int) -> dict[str, Any]:
+        if total < self.random_frames:
+            raise ValueError(f"Clip has {total} frames but {self.random_frames} distinct frames "
+                             f"were asked for.")
+        idx = _example_rng(self.seed, int(ex["pos"]), 1).choice(
+            total, self.random_frames, replace=False)
+        out = {"frame_index": idx.astype(np.int32), "pos": ex["pos"]}
+        if self.frames:
+            out["frames"] = np.stack([decode_frame(ex["frames"][i]) for i in idx])
+        for k in PER_FRAME_FIELDS:
+            if k in ex:
+                out[k] = np.asarray(ex[k])[idx]
+        return self._clip_fields(ex, out)
 
 
 @dataclasses.dataclass(frozen=True)
 class Augment(grain.transforms.Map):
     """Horizontal mirror (p = ``flip_prob``) with the ground truth mirrored too, and a small
     per-clip brightness/contrast jitter of relative size ``colour_jitter``; random draws keyed
-    by (seed, stream position)."""
+    by (seed, stream position).
+
+    Mirroring knows only SynthTalk's 12-column motion track: asking for it (``flip_prob`` > 0)
+    on other motion (e.g. the stage-1 latents of the ``latents`` dataset) raises ValueError."""
 
     flip_prob: float = 0.5
     colour_jitter: float = 0.1
     seed: int = 0
 
     def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+        if (self.flip_prob > 0 and "motion" in ex
+                and np.shape(ex["motion"])[-1] != _MIRRORED_MOTION_WIDTH):
+            raise ValueError(
+                f"Mirror augmentation was requested but the motion has "
+                f"{np.shape(ex['motion'])[-1]} columns, not SynthTalk's "
+                f"{_MIRRORED_MOTION_WIDTH}: their sign under a mirror is unknown (stage-1 "
+                f"latents have no mirrored counterpart). Turn flipping off "
+                f"(--config.data.flip=False).")
         rng = _example_rng(self.seed, int(ex["pos"]), 2)
         ex = dict(ex)
         if rng.random() < self.flip_prob:
@@ -279,6 +322,7 @@ class LoaderConfig:
     worker_buffer_size: int = 2
     shard_index: int | None = None  # default: jax.process_index()
     shard_count: int | None = None  # default: jax.process_count()
+    random_frames: int = 0  # >0: that many random distinct frames per clip instead of a window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +379,8 @@ def make_loader(cfg: LoaderConfig, clip_transforms: Sequence[Any] = ()) -> grain
         keep = tuple(k for k in (*PER_FRAME_FIELDS, *CLIP_FIELDS, "frames", "audio")
                      if k not in drop)
     ds = ds.map(ReadClip(source, order, tuple(clip_transforms), keep, cfg.cache_clips))
-    ds = ds.map(ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed, cfg.audio))
+    ds = ds.map(ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed, cfg.audio,
+                           cfg.random_frames))
     if cfg.augment:
         ds = ds.map(Augment(cfg.flip_prob, cfg.colour_jitter, cfg.seed))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)

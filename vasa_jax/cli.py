@@ -3,7 +3,11 @@
   vasa-jax quickstart [--workdir DIR]            the main job on the embedded SynthTalk data
   vasa-jax data build synthtalk [--config NAME]  build a SynthTalk TFDS dataset (ArrayRecord)
   vasa-jax data show [--config NAME]             contact sheet PNG + mp4 with sound of a split
+  vasa-jax data build latents --stage1-workdir DIR   stage-1 motion latents of a video dataset
+  vasa-jax train latent --workdir DIR            train stage 1 (FaceLatentModel) on one host
   vasa-jax train motion --workdir DIR            train stage 2 (MotionDiT) on one host
+  vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
+  vasa-jax eval latent --workdir DIR             self/cross-reenactment report for stage 1
   vasa-jax eval motion --workdir DIR             lip-sync / head-motion / gaze table for stage 2
 
 Multi-host training goes through ``launch/train.py`` (see the README).
@@ -87,9 +91,15 @@ def show_dataset(args) -> tuple[str, str]:
     return png, mp4
 
 
-def motion_config(variant: str, data_dir: str | None, overrides: list[str]):
-    from configs.motion import get_config
+STAGES = {"motion": "stage 2 (MotionDiT)", "latent": "stage 1 (FaceLatentModel)",
+          "probe": "the SynthTalk probe"}
 
+
+def stage_config(stage: str, variant: str, data_dir: str | None, overrides: list[str]):
+    """``configs/<stage>.py:variant`` with ``--data-dir`` and ``--set FIELD=VALUE`` applied."""
+    import importlib
+
+    get_config = importlib.import_module(f"configs.{stage}").get_config
     try:
         config = get_config(variant)
     except ValueError as e:
@@ -119,28 +129,80 @@ def motion_config(variant: str, data_dir: str | None, overrides: list[str]):
     return config
 
 
-def train_motion(args) -> dict:
+def train_stage(args) -> dict:
     from data_pipeline.loader import DatasetNotFoundError
-    from vasa_jax.train.motion_task import MotionTask
+    from vasa_jax.train.tasks import make_task
     from vasa_jax.train.trainer import Trainer
 
-    config = motion_config(args.variant, args.data_dir, args.set)
-    print(f"Training stage 2 ({args.variant}: {config.model.depth} layers x {config.model.width}, "
-          f"W={config.model.window}, K={config.model.context}) for {config.train.steps} steps "
-          f"into {args.workdir}")
+    stage = args.stage
+    config = stage_config(stage, args.variant or DEFAULT_VARIANTS[stage], args.data_dir, args.set)
+    print(f"Training {STAGES[stage]} ({config.variant}) for {config.train.steps} steps into "
+          f"{args.workdir}")
     try:
-        trainer = Trainer(MotionTask(config), config, args.workdir)
+        trainer = Trainer(make_task(config), config, args.workdir)
     except DatasetNotFoundError as e:
         raise UserError(str(e)) from None
+    print(f"{trainer.num_params():,} parameters on mesh {dict(trainer.mesh.shape)}")
     result = trainer.fit(progress=True)
     print(f"Done in {result['train_seconds'] / 60:.1f} min; final loss {result.get('loss', 0):.4f}.")
+    if stage == "probe":
+        from vasa_jax.train.probe_task import write_heldout
+
+        path = write_heldout(args.workdir, config)
+        print(f"Held-out probe accuracy: {path}")
     return result
+
+
+def train_motion(args) -> dict:
+    return train_stage(argparse.Namespace(**vars(args), stage="motion"))
+
+
+DEFAULT_VARIANTS = {"motion": "synthtalk", "latent": "synthtalk64", "probe": "synthtalk64"}
+
+
+def eval_latent(args) -> tuple[str, str]:
+    from vasa_jax.eval.latent_eval import evaluate_latent, write_report
+    from vasa_jax.train.restore import host_model, load_trainer
+
+    try:
+        trainer, step = load_trainer(args.workdir)
+        probe = None
+        if args.probe_workdir:
+            from vasa_jax.eval.synthtalk_probe import load_probe
+
+            probe = load_probe(args.probe_workdir)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    config = trainer.config
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    model = host_model(trainer)
+
+    def progress(k, n):
+        print(f"\r  clip {k}/{n}", end="", flush=True)
+
+    print(f"Stage-1 evaluation on {args.split} (checkpoint step {step}) ...")
+    try:
+        result = evaluate_latent(model, config, split=args.split, max_clips=args.max_clips,
+                                 probe=probe, frame_stride=args.frame_stride, progress=progress)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    result.update(workdir=args.workdir, checkpoint_step=step,
+                  dataset=f"{config.data.dataset}/{config.data.config}")
+    js, png = write_report(result, args.out or os.path.join(args.workdir, "eval"))
+    print()
+    for part in ("self", "cross"):
+        print(part, {k: round(v, 4) for k, v in result[part].items()})
+    if probe is not None:
+        print("probe held-out accuracy:", probe.heldout)
+    print(f"Wrote {js} and {png}")
+    return js, png
 
 
 def eval_motion(args) -> tuple[str, str]:
     from vasa_jax.eval.motion_eval import evaluate_motion, markdown_table, real_row, write_report
-    from vasa_jax.train.motion_task import host_model, read_clips
-    from vasa_jax.train.restore import load_trainer
+    from vasa_jax.train.motion_task import read_clips
+    from vasa_jax.train.restore import host_model, load_trainer
 
     try:
         trainer, step = load_trainer(args.workdir)
@@ -225,13 +287,15 @@ def parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a stage on this host")
     trsub = tr.add_subparsers(dest="stage", required=True)
-    tm = trsub.add_parser("motion", help="stage 2: MotionDiT")
-    tm.add_argument("--workdir", required=True)
-    tm.add_argument("--variant", default="synthtalk", help="test | synthtalk | paper")
-    tm.add_argument("--data-dir", default=None)
-    tm.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a config field, e.g. --set train.steps=500 (repeatable)")
-    tm.set_defaults(func=train_motion)
+    for stage, help_ in STAGES.items():
+        tm = trsub.add_parser(stage, help=help_)
+        tm.add_argument("--workdir", required=True)
+        tm.add_argument("--variant", default=None,
+                        help=f"a configs/{stage}.py variant (default {DEFAULT_VARIANTS[stage]})")
+        tm.add_argument("--data-dir", default=None)
+        tm.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set train.steps=500 (repeatable)")
+        tm.set_defaults(func=train_stage)
 
     ev = sub.add_parser("eval", help="evaluate a trained stage")
     evsub = ev.add_subparsers(dest="stage", required=True)
@@ -245,6 +309,16 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("--seed", type=int, default=0)
     em.add_argument("--out", default=None, help="default WORKDIR/eval")
     em.set_defaults(func=eval_motion)
+    el = evsub.add_parser("latent", help="stage 1: self/cross-reenactment on held-out people")
+    el.add_argument("--workdir", required=True, help="the stage-1 training workdir")
+    el.add_argument("--probe-workdir", default=None,
+                    help="a trained SynthTalk probe (vasa-jax train probe) for motion transfer")
+    el.add_argument("--data-dir", default=None)
+    el.add_argument("--split", default="test")
+    el.add_argument("--max-clips", type=int, default=0, help="0 = the whole split")
+    el.add_argument("--frame-stride", type=int, default=1, help="evaluate every n-th frame")
+    el.add_argument("--out", default=None, help="default WORKDIR/eval")
+    el.set_defaults(func=eval_latent)
 
     data = sub.add_parser("data", help="build and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)

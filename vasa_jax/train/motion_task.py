@@ -150,6 +150,8 @@ class MotionTask(Task):
         n = self.config.eval.train_eval_clips
         if not n:
             return {}
+        from vasa_jax.train.restore import host_model
+
         model = host_model(trainer)  # a collective: every process takes part
         if jax.process_index() != 0:
             return {}
@@ -164,15 +166,3 @@ class MotionTask(Task):
         return {k: res[k] for k in ("jaw_r", "lip_width_r", "av_offset", "delta_p_ratio",
                                     "gaze_error_deg")}
 
-
-def host_model(trainer, ema: bool = True) -> MotionDiT:
-    """The trainer's model with its parameters gathered to this host (usable outside the mesh)."""
-    from jax.experimental import multihost_utils
-
-    model = trainer.model(ema=ema)
-    graphdef, state = nnx.split(model)
-    if jax.process_count() > 1:
-        state = multihost_utils.process_allgather(state, tiled=True)
-    else:
-        state = jax.device_get(state)
-    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, state))

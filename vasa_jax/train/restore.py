@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from vasa_jax.checkpoint import Checkpointer
 
@@ -31,3 +34,17 @@ def load_trainer(workdir: str, *, step: int | None = None, mesh_shape=(-1, 1, 1)
     _, trainer.state = ckpt.restore(trainer.abstract_state(), step=step)
     ckpt.close()
     return trainer, step
+
+
+def host_model(trainer, ema: bool = True) -> nnx.Module:
+    """The trainer's model with its parameters gathered to this host (usable outside the mesh).
+    A collective when there are several processes: every process must call it."""
+    from jax.experimental import multihost_utils
+
+    model = trainer.model(ema=ema)
+    graphdef, state = nnx.split(model)
+    if jax.process_count() > 1:
+        state = multihost_utils.process_allgather(state, tiled=True)
+    else:
+        state = jax.device_get(state)
+    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, state))

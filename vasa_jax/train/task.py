@@ -64,3 +64,8 @@ class Task:
     def evaluate(self, trainer, step: int) -> dict[str, float]:
         """Scalars to log at evaluation steps (runs on every process; process 0 writes)."""
         return {}
+
+    def images(self, trainer, step: int) -> dict[str, Any]:
+        """Images to log every ``train.image_every`` steps: {name: (n, h, w, 3) uint8}
+        (runs on every process; process 0 writes)."""
+        return {}

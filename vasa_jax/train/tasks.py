@@ -10,4 +10,12 @@ def make_task(config) -> Task:
         from vasa_jax.train.motion_task import MotionTask
 
         return MotionTask(config)
-    raise ValueError(f"Unknown task {config.task!r}; known: motion.")
+    if config.task == "latent":
+        from vasa_jax.train.latent_task import LatentTask
+
+        return LatentTask(config)
+    if config.task == "probe":
+        from vasa_jax.train.probe_task import ProbeTask
+
+        return ProbeTask(config)
+    raise ValueError(f"Unknown task {config.task!r}; known: motion, latent, probe.")

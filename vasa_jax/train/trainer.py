@@ -273,6 +273,11 @@ class Trainer:
                     if ev:
                         writer.write_scalars(done, {f"eval/{k}": v for k, v in ev.items()})
                         last.update({f"eval/{k}": v for k, v in ev.items()})
+                image_every = cfg.get("image_every", 0)
+                if image_every and (done % image_every == 0 or done == cfg.steps):
+                    images = self.task.images(self, done)
+                    if images:
+                        writer.write_images(done, images)
                 saved = ckpt.save(done, self.state, data, self.config, force=done == cfg.steps)
                 if sigterm.any_process():
                     if not saved:  # this step is not on the checkpoint interval

@@ -1,0 +1,186 @@
+"""Stage 1 (FaceLatentModel) configs. Variants: ``test`` (tiny, CPU tests), ``synthtalk64``
+(64 px SynthTalk, trains in at most 60 minutes on a 2-core CPU), ``vox256``, ``vox512`` /
+``paper`` (512 px, V_app 96 x 16 x 64 x 64, about 200M parameters, VoxCeleb2).
+
+Launch:
+  vasa-jax train latent --variant synthtalk64 --workdir runs/latent
+  python launch/train.py --config=configs/latent.py:synthtalk64 --workdir=runs/latent
+  python launch/train.py --config=configs/latent.py:paper --workdir=gs://bucket/latent \\
+      --config.mesh_shape='(-1,8,1)'
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vasa_jax.parallel import DEFAULT_RULES
+
+# Convolution channels shard over 'fsdp' (the output side) and 'tensor' (the input side).
+LATENT_RULES = tuple(DEFAULT_RULES) + (("conv_out", "fsdp"), ("conv_in", "tensor"))
+
+
+def get_config(arg: str = "synthtalk64") -> ml_collections.ConfigDict:
+    if arg not in VARIANTS:
+        raise ValueError(f"Unknown latent config variant {arg!r}; use one of {sorted(VARIANTS)}.")
+    c = base()
+    VARIANTS[arg](c)
+    c.optim.decay_steps = c.train.steps
+    c.model.resolution = c.data.resolution
+    c.variant = arg
+    return c
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "latent"
+    c.variant = ""
+    c.seed = 0
+    c.mesh_shape = (-1, 1, 1)
+    c.num_devices = 0
+    c.axis_rules = LATENT_RULES
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "synthtalk"
+    c.data.config = "res64_small"
+    c.data.resolution = 64
+    c.data.data_dir = ""
+    c.data.split = "train"
+    c.data.batch_size = 16  # global; each example is a (source, driver) pair of one clip
+    c.data.flip = True
+    c.data.colour_jitter = 0.0
+    c.data.num_workers = 0
+    c.data.worker_buffer_size = 2
+
+    m = c.model = ml_collections.ConfigDict()
+    m.resolution = 64  # set from data.resolution
+    m.patch = 2  # space-to-depth at the encoder inputs, depth-to-space at the G2D output
+    m.app_channels = (32, 64)  # one 2x downsampling between entries
+    m.volume_channels = 16  # C of V_app
+    m.volume_depth = 8  # D of V_app
+    m.app_blocks_3d = 1
+    m.id_dim = 64
+    m.motion_channels = (16, 32, 64, 128)  # halves the resolution after each
+    m.motion_hidden = 256
+    m.dyn_dim = 32
+    m.warp_channels = 32
+    m.warp_ups = 2
+    m.flow_upsample = 2  # flows at half the volume's height/width, resized
+    m.g3d_channels = (16, 32)
+    m.g2d_channels = (64, 32)
+    m.disc_channels = (32, 64, 128)
+    m.disc_scales = 2
+    m.dtype = "float32"
+
+    loss = c.loss = ml_collections.ConfigDict()
+    loss.l1 = 10.0
+    loss.perceptual = 1.0
+    loss.perceptual_layers = 3  # VGG16 relu1_2, relu2_2, relu3_3 (up to 5)
+    loss.adversarial = 0.1
+    loss.feature_matching = 1.0
+    loss.symmetric = True  # also reconstruct the source from the driver (twice the pairs)
+    loss.consist = 2.0  # VASA-1's pose/dynamics disentanglement loss (L1)
+    loss.cross_id = 1.0  # VASA-1's cross-identity loss (1 - cosine)
+    loss.aux_fraction = 1.0  # share of the batch that also gets consist / cross_id
+    loss.identity_embedder = "self"  # "self": the model's own identity encoder, frozen
+
+    c.optim = ml_collections.ConfigDict()  # MegaPortraits: AdamW 2e-4, betas (0.5, 0.999)
+    c.optim.lr = 2e-4
+    c.optim.warmup_steps = 100
+    c.optim.decay_steps = 0  # set to train.steps by get_config
+    c.optim.end_lr_factor = 0.005  # 2e-4 -> 1e-6
+    c.optim.b1 = 0.5
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 1e-2
+    c.optim.clip_norm = 1.0
+    c.optim.ema_decay = 0.999
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 200_000
+    c.train.log_every = 100
+    c.train.eval_every = 5000
+    c.train.checkpoint_every = 5000
+    c.train.keep_checkpoints = 3
+    c.train.async_checkpoints = True
+    c.train.profile_steps = 0
+    c.train.profile_first_step = 10
+    c.train.image_every = 5000  # TensorBoard image grids (0: never)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "test"
+    c.eval.max_clips = 0
+    c.eval.train_eval_split = "validation"
+    c.eval.train_eval_pairs = 32
+    return c
+
+
+def _test(c):
+    c.data.config = "res64_tiny"
+    c.data.batch_size = 8
+    m = c.model
+    m.app_channels, m.volume_channels, m.volume_depth = (8, 16), 4, 4
+    m.id_dim, m.motion_channels, m.motion_hidden, m.dyn_dim = 8, (8, 16, 16), 16, 6
+    m.warp_channels, m.warp_ups, m.g3d_channels, m.g2d_channels = 8, 1, (8, 8), (16, 8)
+    m.disc_channels, m.disc_scales = (8, 16), 2
+    c.loss.perceptual_layers = 2
+    c.optim.lr, c.optim.warmup_steps, c.optim.ema_decay = 2e-3, 5, 0.9
+    c.train.steps, c.train.log_every, c.train.eval_every = 40, 5, 0
+    c.train.checkpoint_every, c.train.image_every = 20, 0
+    c.eval.train_eval_pairs = 4
+
+
+def _synthtalk64(c):
+    """Sized for an hour on a 2-core CPU: pairs of 64 px frames, the VASA-1 terms on a quarter
+    of the rows, VGG16 up to relu2_2, and no GAN (in so short a run the adversarial terms cost
+    a third of the step and do not raise PSNR/LPIPS; ``paper`` keeps MegaPortraits' weights)."""
+    c.data.config = "res64_small"
+    c.data.batch_size = 8
+    c.loss.aux_fraction = 0.25
+    c.loss.perceptual_layers = 2
+    c.loss.adversarial, c.loss.feature_matching = 0.0, 0.0
+    c.data.num_workers = 1
+    c.optim.lr, c.optim.warmup_steps, c.optim.ema_decay = 1e-3, 50, 0.99
+    c.train.steps, c.train.log_every = 1500, 25
+    c.train.eval_every, c.train.checkpoint_every, c.train.image_every = 500, 500, 500
+
+
+def _vox(c, resolution: int):
+    c.data.dataset = "voxceleb2"
+    c.data.config = f"res{resolution}"
+    c.data.resolution = resolution
+    c.data.batch_size = 64
+    c.data.num_workers = 8
+    c.data.colour_jitter = 0.05
+    c.model.dtype = "bfloat16"
+    c.model.patch, c.model.flow_upsample = 1, 1
+
+
+def _vox256(c):
+    _vox(c, 256)
+    m = c.model
+    m.app_channels, m.volume_channels, m.volume_depth = (64, 128, 256, 512), 64, 16
+    m.app_blocks_3d, m.id_dim = 4, 256
+    m.motion_channels, m.motion_hidden, m.dyn_dim = (32, 64, 128, 256, 256, 512), 512, 128
+    m.warp_channels, m.warp_ups, m.g3d_channels = 64, 3, (64, 128, 256)
+    m.g2d_channels = (256, 256, 128, 64)
+    m.disc_channels, m.disc_scales = (64, 128, 256, 512), 3
+    c.loss.perceptual_layers = 5
+
+
+def _paper(c):
+    """512 px, V_app 96 x 16 x 64 x 64 as in MegaPortraits; about 200M parameters."""
+    _vox(c, 512)
+    m = c.model
+    m.app_channels, m.volume_channels, m.volume_depth = (128, 256, 512, 1024), 96, 16
+    m.app_blocks_3d, m.id_dim = 6, 512
+    m.motion_channels, m.motion_hidden, m.dyn_dim = (64, 128, 256, 512, 512, 512, 512), 1024, 256
+    m.warp_channels, m.warp_ups, m.g3d_channels = 96, 3, (96, 192, 384, 768)
+    m.g2d_channels = (1024, 512, 256, 128)
+    m.disc_channels, m.disc_scales = (64, 128, 256, 512), 3
+    c.loss.perceptual_layers = 5
+    c.loss.adversarial, c.loss.feature_matching = 1.0, 40.0  # MegaPortraits
+    c.optim.lr, c.optim.warmup_steps = 2e-4, 1000
+
+
+VARIANTS = {"test": _test, "synthtalk64": _synthtalk64, "vox256": _vox256, "vox512": _paper,
+            "paper": _paper}

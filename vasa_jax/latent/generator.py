@@ -1,0 +1,76 @@
+"""Stage-1 decoder after warping: G3D (3-D U-Net), orthographic projection, G2D -> RGB."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vasa_jax.nn.conv import (ResBlock, WSConv, depth_to_space, downsample, group_norm,
+                              num_groups, upsample)
+
+
+class G3D(nnx.Module):
+    """3-D U-Net over a driven volume (b, d, h, w, C) -> (b, d, h, w, channels[0]).
+
+    Level i has ``channels[i]`` channels; between levels h and w are halved (depth kept, as it
+    is small) and restored on the way up, with skip connections by concatenation."""
+
+    def __init__(self, in_ch: int, channels: Sequence[int], *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        ins = (in_ch,) + tuple(channels[:-1])
+        self.down = nnx.List([ResBlock(a, b, ndim=3, rngs=rngs, dtype=dtype)
+                              for a, b in zip(ins, channels)])
+        self.up = nnx.List([ResBlock(channels[i + 1] + channels[i], channels[i], ndim=3,
+                                     rngs=rngs, dtype=dtype)
+                            for i in reversed(range(len(channels) - 1))])
+
+    def __call__(self, v: jax.Array) -> jax.Array:
+        skips = []
+        for i, block in enumerate(self.down):
+            v = block(v)
+            if i < len(self.down) - 1:
+                skips.append(v)
+                v = downsample(v, (1, 2, 2))
+        for block in self.up:
+            v = block(jnp.concatenate([upsample(v, (1, 2, 2)), skips.pop()], axis=-1))
+        return v
+
+
+class Projection(nnx.Module):
+    """Orthographic projection: fold depth into channels, then a 1x1 convolution.
+    (b, d, h, w, c) -> (b, h, w, out_ch)."""
+
+    def __init__(self, depth: int, in_ch: int, out_ch: int, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        self.conv = WSConv(depth * in_ch, out_ch, 1, ndim=2, rngs=rngs, dtype=dtype)
+
+    def __call__(self, v: jax.Array) -> jax.Array:
+        b, d, h, w, c = v.shape
+        return self.conv(v.transpose(0, 2, 3, 1, 4).reshape(b, h, w, d * c))
+
+
+class G2D(nnx.Module):
+    """2-D generator: residual blocks with 2x upsampling between them, then RGB in [-1, 1],
+    predicted ``patch`` x ``patch`` pixels per position (depth-to-space; 1 = off).
+    (b, h, w, in_ch) -> (b, h p 2^(n-1), w p 2^(n-1), 3) with n = len(channels)."""
+
+    def __init__(self, in_ch: int, channels: Sequence[int], *, rngs: nnx.Rngs, patch: int = 1,
+                 dtype=jnp.float32):
+        self.patch = patch
+        ins = (in_ch,) + tuple(channels[:-1])
+        self.blocks = nnx.List([ResBlock(a, b, ndim=2, rngs=rngs, dtype=dtype)
+                                for a, b in zip(ins, channels)])
+        self.groups = num_groups(channels[-1])
+        self.to_rgb = WSConv(channels[-1], 3 * patch * patch, 3, ndim=2, rngs=rngs,
+                             out_axis=None, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = upsample(x, (2, 2))
+            x = block(x)
+        x = self.to_rgb(jax.nn.silu(group_norm(x, self.groups)))
+        return jnp.tanh(depth_to_space(x, self.patch).astype(jnp.float32))

@@ -1,0 +1,177 @@
+"""Stage 1 as a trainer task: FaceLatentModel on (source, driver) frame pairs of one clip.
+
+Per example, two distinct random frames i (source) and j (driver) of one clip. One generator
+step computes, in one batched decode (the VASA-1 terms on the first ``loss.aux_fraction`` of
+the rows, to bound the cost):
+- reconstruction: D(V_i, id_i, pose_j, dyn_j) -> frame j (and, with ``loss.symmetric``, j -> i);
+  losses L1 + VGG16 perceptual + hinge GAN + discriminator feature matching;
+- ``l_consist`` (VASA-1): D(V_j, id_j, pose_i, dyn_j) and D(V_i, id_i, pose_i, dyn_j) must agree
+  (L1 between them);
+- ``l_cross_id`` (VASA-1): the motion of another example's driver on source i; 1 - cosine between
+  the identity embedding of that image and of frame i (target under stop-gradient; the embedder
+  is the model's own identity encoder with frozen weights).
+The discriminator (its own optimiser) sees the real drivers and the reconstructions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from data_pipeline.loader import LoaderConfig, make_loader
+from vasa_jax import parallel
+from vasa_jax.latent import losses
+from vasa_jax.latent.model import FaceLatentModel, make_face_latent_model, to_unit
+from vasa_jax.train.task import Task
+
+DISCRIMINATOR = nnx.All(nnx.Param, nnx.PathContains("discriminator"))
+
+
+def pair_loader_config(config, *, split: str, train: bool, batch_size: int,
+                       shard_index=None, shard_count=None) -> LoaderConfig:
+    d = config.data
+    return LoaderConfig(
+        dataset=d.dataset, config=d.config, split=split, data_dir=d.data_dir or None,
+        num_frames=2, random_frames=2, batch_size=batch_size, seed=config.seed, shuffle=train,
+        num_epochs=None if train else 1, frames=True, audio=False,
+        augment=train and d.flip, flip_prob=0.5, colour_jitter=d.colour_jitter if train else 0.0,
+        drop_remainder=train, worker_count=d.num_workers if train else 0,
+        worker_buffer_size=d.worker_buffer_size, shard_index=shard_index, shard_count=shard_count)
+
+
+class LatentTask(Task):
+    name = "latent"
+    # The discriminator's filter comes first: a variable goes to the first group it matches.
+    param_groups = {"discriminator": DISCRIMINATOR, "generator": nnx.Param}
+    ema_groups = ("generator",)
+
+    def make_model(self, rngs: nnx.Rngs) -> FaceLatentModel:
+        return make_face_latent_model(self.config.model, rngs=rngs)
+
+    # -- data ----------------------------------------------------------------------------------
+    def train_loader(self):
+        per_process = parallel.batch_size_per_process(self.config.data.batch_size)
+        return make_loader(pair_loader_config(self.config, split=self.config.data.split,
+                                              train=True, batch_size=per_process))
+
+    def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        frames = np.asarray(batch["frames"], np.uint8)
+        res = self.config.model.resolution
+        if frames.shape[2:4] != (res, res):
+            raise ValueError(f"Frames are {frames.shape[2]}x{frames.shape[3]} but the model is "
+                             f"configured for {res}x{res}; set data.resolution to match the "
+                             f"dataset config {self.config.data.config!r}.")
+        return {"frames": frames}
+
+    # -- objective -----------------------------------------------------------------------------
+    def generator_outputs(self, model: FaceLatentModel, frames: jax.Array
+                          ) -> dict[str, jax.Array]:
+        """All images one generator step needs. frames (b, 2, R, R, 3) uint8."""
+        lc = self.config.loss
+        src, drv = to_unit(frames[:, 0]), to_unit(frames[:, 1])
+        b = src.shape[0]
+        both = jnp.concatenate([src, drv])
+        pose, dyn = model.encode_motion(both)
+        vol, zid = model.encode_appearance(both, pose, dyn)
+        s, d = slice(0, b), slice(b, 2 * b)
+        jobs = {"recon": (vol[s], zid[s], pose[d], dyn[d])}
+        if lc.symmetric:
+            jobs["recon_back"] = (vol[d], zid[d], pose[s], dyn[s])
+        a = max(1, int(round(b * lc.aux_fraction)))  # rows that also get l_consist / l_cross_id
+        sa, da = slice(0, a), slice(b, b + a)
+        if lc.consist:
+            jobs["consist_j"] = (vol[da], zid[da], pose[sa], dyn[da])
+            jobs["consist_i"] = (vol[sa], zid[sa], pose[sa], dyn[da])
+        if lc.cross_id:
+            other = lambda x: jnp.roll(x[d], 1, axis=0)[:a]  # noqa: E731  another pair's driver
+            jobs["cross"] = (vol[sa], zid[sa], other(pose), other(dyn))
+        args = [jnp.concatenate([j[k] for j in jobs.values()]) for k in range(4)]
+        images = model.decode(*args)
+        out, start = {}, 0
+        for name, job in jobs.items():
+            out[name] = images[start:start + len(job[0])]
+            start += len(job[0])
+        out.update(src=src, drv=drv, zid_src=zid[sa])
+        return out
+
+    def grads(self, graphdef, params, rest, batch, key):
+        del key  # the objective is deterministic given the batch
+        lc = self.config.loss
+        merge = lambda disc, gen: nnx.merge(graphdef, disc, gen, rest)  # noqa: E731
+
+        def generator_loss(gen):
+            model = merge(params["discriminator"], gen)
+            out = self.generator_outputs(model, batch["frames"])
+            fakes = [out["recon"]] + ([out["recon_back"]] if lc.symmetric else [])
+            reals = [out["drv"]] + ([out["src"]] if lc.symmetric else [])
+            fake, real = jnp.concatenate(fakes), jnp.concatenate(reals)
+            m = {"l1": losses.l1_loss(fake, real),
+                 "psnr": losses.psnr(fake, real).mean()}
+            total = lc.l1 * m["l1"]
+            if lc.perceptual:
+                m["perceptual"] = losses.perceptual_loss(fake, real, lc.perceptual_layers)
+                total += lc.perceptual * m["perceptual"]
+            if lc.adversarial or lc.feature_matching:
+                d_fake = model.discriminator(fake)
+                d_real = model.discriminator(real)
+                m["g_adv"] = losses.hinge_generator_loss([lg for _, lg in d_fake])
+                m["feature_matching"] = losses.feature_matching_loss(
+                    [f for f, _ in d_real], [f for f, _ in d_fake])
+                total += lc.adversarial * m["g_adv"] + lc.feature_matching * m["feature_matching"]
+            if lc.consist:
+                m["consist"] = losses.l1_loss(out["consist_j"], out["consist_i"])
+                total += lc.consist * m["consist"]
+            if lc.cross_id:
+                frozen = merge(*jax.lax.stop_gradient((params["discriminator"], gen)))
+                emb = frozen.identity(out["cross"])
+                m["cross_id"] = losses.cosine_distance(
+                    emb, jax.lax.stop_gradient(out["zid_src"])).mean()
+                total += lc.cross_id * m["cross_id"]
+            return total, (m, jax.lax.stop_gradient(fake), real)
+
+        (g_total, (metrics, fake, real)), g_grads = jax.value_and_grad(
+            generator_loss, has_aux=True)(params["generator"])
+
+        def discriminator_loss(disc):
+            model = merge(disc, params["generator"])
+            d_real = [lg for _, lg in model.discriminator(real)]
+            d_fake = [lg for _, lg in model.discriminator(fake)]
+            loss = losses.hinge_discriminator_loss(d_real, d_fake)
+            return loss, {"d_real": sum(x.mean() for x in d_real) / len(d_real),
+                          "d_fake": sum(x.mean() for x in d_fake) / len(d_fake)}
+
+        if lc.adversarial or lc.feature_matching:
+            (d_total, d_metrics), d_grads = jax.value_and_grad(
+                discriminator_loss, has_aux=True)(params["discriminator"])
+            metrics = dict(metrics, d_loss=d_total, **d_metrics)
+        else:  # no GAN terms: the discriminator is not needed (its update is zero)
+            d_grads = jax.tree.map(jnp.zeros_like, params["discriminator"])
+        return {"discriminator": d_grads, "generator": g_grads}, g_total, metrics
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, trainer, step: int) -> dict[str, float]:
+        n = self.config.eval.train_eval_pairs
+        if not n:
+            return {}
+        from vasa_jax.eval.latent_eval import reenactment_scores
+        from vasa_jax.train.restore import host_model
+
+        model = host_model(trainer)  # a collective: every process takes part
+        if jax.process_index() != 0:
+            return {}
+        return reenactment_scores(model, self.config, self.config.eval.train_eval_split, n)
+
+    def images(self, trainer, step: int) -> dict[str, np.ndarray]:
+        """TensorBoard grid (rows: source, driver, reconstruction, cross-reenactment)."""
+        from vasa_jax.eval.latent_eval import reenactment_grid
+        from vasa_jax.train.restore import host_model
+
+        model = host_model(trainer)
+        if jax.process_index() != 0:
+            return {}
+        return {"reenactment": reenactment_grid(model, self.config,
+                                                self.config.eval.train_eval_split, 8)[None]}
