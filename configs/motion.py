@@ -1,8 +1,12 @@
 """Stage 2 (MotionDiT) configs. Variants: ``test`` (tiny, CPU tests), ``synthtalk`` (trains in
-under 20 minutes on a 2-core CPU), ``paper`` (8 layers x 512 wide x 8 heads, W=50, K=10).
+under 20 minutes on a 2-core CPU, on SynthTalk's ground-truth motion), ``synthtalk_latents``
+(the same on stage-1 latents of SynthTalk: the ``latents`` dataset), ``paper`` (8 layers x 512
+wide x 8 heads, W=50, K=10).
 
 Launch:
   python launch/train.py --config=configs/motion.py:synthtalk --workdir=runs/motion
+  python launch/train.py --config=configs/motion.py:synthtalk_latents --workdir=runs/motion_lat \\
+      --config.data.config=<name printed by the latents build>
   python launch/train.py --config=configs/motion.py:paper --workdir=gs://bucket/motion \\
       --config.data.config=res256_large --config.mesh_shape='(-1,1,1)'
   python launch/local_multihost.py --num_processes=2 --devices_per_process=2 -- \\
@@ -137,8 +141,20 @@ def _synthtalk(c):
     c.eval.train_eval_clips = 16
 
 
+def _synthtalk_latents(c):
+    """``synthtalk`` on the ``latents`` dataset: [z_pose, z_dyn] of a stage-1 encoder trained
+    with configs/latent.py:synthtalk64, built over SynthTalk (data_pipeline/latents)."""
+    _synthtalk(c)
+    c.data.dataset = "latents"
+    c.data.config = ""  # required: --config.data.config=<name printed by the latents build>
+    c.data.flip = False  # the mirror flips SynthTalk's ground-truth columns; latents have none
+    c.model.motion_dim = 7 + 32  # z_pose (7) + z_dyn (dyn_dim 32 of latent.py:synthtalk64)
+    c.eval.train_eval_clips = 0  # the SynthTalk motion metrics need the 12-d ground truth
+
+
 def _paper(c):
     pass  # the base values are the paper's (8 x 512 x 8 heads, W=50, K=10)
 
 
-VARIANTS = {"test": _test, "synthtalk": _synthtalk, "paper": _paper}
+VARIANTS = {"test": _test, "synthtalk": _synthtalk, "synthtalk_latents": _synthtalk_latents,
+            "paper": _paper}

@@ -118,7 +118,8 @@ def open_source(dataset: str, config: str, split: str, data_dir: str | None = No
     if split.split("[")[0] not in builder.info.splits:
         raise ValueError(f"Split {split!r} is not in {path}; it has "
                          f"{sorted(builder.info.splits)}.")
-    source = builder.as_data_source(split, decoders={"frames": _KeepEncoded()})
+    decoders = {"frames": _KeepEncoded()} if "frames" in builder.info.features else None
+    source = builder.as_data_source(split, decoders=decoders)
     return source, builder.info
 
 

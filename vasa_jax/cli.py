@@ -254,6 +254,23 @@ def quickstart(args) -> None:
                                    out=os.path.join(args.workdir, "eval")))
 
 
+def build_latents_cmd(args) -> str:
+    from data_pipeline.latents.latents_dataset_builder import build_latents
+    from data_pipeline.loader import DatasetNotFoundError
+
+    try:
+        name = build_latents(args.source, args.source_config, args.stage1_workdir,
+                             data_dir=args.data_dir, source_data_dir=args.source_data_dir,
+                             use_beam=args.beam, overwrite=args.overwrite)
+    except (FileNotFoundError, DatasetNotFoundError, ValueError, ImportError) as e:
+        raise UserError(str(e)) from None
+    print(f"Built latents/{name}. Train stage 2 on it with:\n  python launch/train.py "
+          f"--config=configs/motion.py:synthtalk_latents --workdir=runs/motion_latents "
+          f"--config.data.config={name}" +
+          (f" --config.data.data_dir={args.data_dir}" if args.data_dir else ""))
+    return name
+
+
 def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="named config, e.g. res64_small (see --help of the builder)")
     p.add_argument("--resolution", type=int, help="frame side in pixels (default 64)")
@@ -327,6 +344,18 @@ def parser() -> argparse.ArgumentParser:
     st = bsub.add_parser("synthtalk", help="procedurally generated talking faces")
     _add_build_args(st)
     st.set_defaults(func=build_synthtalk)
+
+    lt = bsub.add_parser("latents", help="stage-1 motion latents + audio features of a video "
+                                         "dataset (the data stage 2 trains on)")
+    lt.add_argument("--stage1-workdir", required=True, help="a trained stage-1 workdir")
+    lt.add_argument("--source", default="synthtalk", help="source TFDS dataset")
+    lt.add_argument("--source-config", default="res64_small")
+    lt.add_argument("--source-data-dir", default=None, help="default: --data-dir")
+    lt.add_argument("--data-dir", default=None)
+    lt.add_argument("--beam", action="store_true", help="build with Apache Beam (DirectRunner "
+                                                        "here; pass runner flags for clusters)")
+    lt.add_argument("--overwrite", action="store_true")
+    lt.set_defaults(func=build_latents_cmd)
 
     s = dsub.add_parser("show", help="contact sheet PNG + mp4 with sound of a few clips")
     s.add_argument("--dataset", default="synthtalk")

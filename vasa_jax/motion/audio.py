@@ -78,11 +78,16 @@ def make_frontend(name: str = "mel", **kwargs) -> AudioFrontend:
 
 @dataclasses.dataclass(frozen=True)
 class AddAudioFeatures:
-    """Loader transform: example['audio'] (S,) -> example['audio_features'] (T, D)."""
+    """Loader transform: example['audio'] (S,) -> example['audio_features'] (T, D).
+
+    An example that already has ``audio_features`` is returned unchanged (the ``latents``
+    dataset stores them, computed by the frontend named in its metadata)."""
 
     frontend: Any
 
     def __call__(self, ex: dict) -> dict:
+        if "audio_features" in ex:
+            return ex
         ex = dict(ex)
         ex["audio_features"] = self.frontend(ex["audio"])
         return ex

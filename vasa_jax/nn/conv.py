@@ -159,7 +159,7 @@ class ResBlock(nnx.Module):
         self.skip = (WSConv(in_ch, out_ch, 1, ndim=ndim, rngs=rngs, dtype=dtype)
                      if in_ch != out_ch else None)
         # The residual branch starts small so a deep stack begins close to the identity.
-        self.gain = nnx.Param(jnp.full((out_ch,), 0.2), out_sharding=("conv_out",))
+        self.gain = nnx.Param(jnp.full((out_ch,), 0.2, jnp.float32), out_sharding=("conv_out",))
         self.conditioned = bool(cond_dim)
 
     def _norm(self, norm, x, cond):
