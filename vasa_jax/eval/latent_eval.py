@@ -44,6 +44,10 @@ def read_pairs(config, split: str, num: int) -> dict[str, np.ndarray]:
 
 
 def _jit_methods(model: FaceLatentModel):
+    """(encode_appearance, encode_motion, decode) of ``model``, jit-compiled once per model."""
+    cached = getattr(model, "_eval_methods", None)
+    if cached is not None:
+        return cached
     from flax import nnx
 
     graphdef, state = nnx.split(model)
@@ -60,8 +64,10 @@ def _jit_methods(model: FaceLatentModel):
     def decode(state, v, zid, pose, dyn):
         return to_uint8(nnx.merge(graphdef, state).decode(v, zid, pose, dyn))
 
-    return (lambda x: encode_app(state, x), lambda x: encode_motion(state, x),
-            lambda *a: decode(state, *a))
+    methods = (lambda x: encode_app(state, x), lambda x: encode_motion(state, x),
+               lambda *a: decode(state, *a))
+    object.__setattr__(model, "_eval_methods", methods)
+    return methods
 
 
 def reenact_frames(model: FaceLatentModel, source: np.ndarray, drivers: np.ndarray,
