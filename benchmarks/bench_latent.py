@@ -30,6 +30,8 @@ import statistics
 import sys
 import time
 
+from bench_common import cpu_model, matmul_peak, xla_cost
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -69,14 +71,6 @@ def model_config(variant: str, resolution: int, overrides: dict):
     for key, value in overrides.items():
         setattr(c.model, key, value)
     return c.model
-
-
-def _cost(compiled) -> dict:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return {"flops": float(cost.get("flops", 0.0)),
-            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
 
 
 def param_counts(model) -> dict:
@@ -176,7 +170,7 @@ def bench_row(label: str, variant: str, resolution: int, overrides: dict, reps: 
         compiled = jax.jit(fn).lower(state, *args).compile()
         compile_s += time.perf_counter() - t
         times = _timed(compiled, (state,) + args, n)
-        b, med, cost = args[0].shape[0], statistics.median(times), _cost(compiled)
+        b, med, cost = args[0].shape[0], statistics.median(times), xla_cost(compiled)
         row[name] = {"batch": b, "timed_calls": n, "median_s": med, "times_s": times,
                      "fps": b / med,
                      "ms_per_call": med * 1e3, "xla_gflops_per_frame": cost["flops"] / b / 1e9,
@@ -225,7 +219,7 @@ def paper_flops() -> dict:
     def analyse(fn, *args) -> dict:
         t = time.perf_counter()
         compiled = jax.jit(fn).lower(state, *args).compile()
-        cost = _cost(compiled)
+        cost = xla_cost(compiled)
         return {"xla_gflops": cost["flops"] / 1e9,
                 "xla_gbytes_accessed": cost["bytes_accessed"] / 1e9,
                 "conv_matmul_gflops_from_jaxpr": matmul_flops_from_jaxpr(fn, state, *args) / 1e9,
@@ -270,31 +264,6 @@ def paper_flops() -> dict:
         "encode_appearance alone (pose and dynamics given) ~= encode - encode_motion.",
     ]
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(reps):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def print_rows(rows: list[dict]) -> None:

@@ -19,28 +19,9 @@ import os
 import platform
 import time
 
+from bench_common import matmul_peak, xla_cost
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(reps):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
-
-
-def _cost_flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", 0.0))
 
 
 def bench_train_step(batch: int, reps: int = 5) -> dict:
@@ -67,7 +48,7 @@ def bench_train_step(batch: int, reps: int = 5) -> dict:
     t = time.perf_counter()
     compiled = step.lower(trainer.state, gbatch).compile()
     compile_s = time.perf_counter() - t
-    flops = _cost_flops(compiled)
+    flops = xla_cost(compiled)["flops"]
     for _ in range(2):  # warm up
         trainer.train_step(host)["loss"].block_until_ready()
     t = time.perf_counter()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.common import from_variant
+
 from vasa_jax.parallel import DEFAULT_RULES
 
 # Convolution channels shard over 'fsdp' (the output side) and 'tensor' (the input side).
@@ -20,13 +22,8 @@ LATENT_RULES = tuple(DEFAULT_RULES) + (("conv_out", "fsdp"), ("conv_in", "tensor
 
 
 def get_config(arg: str = "synthtalk64") -> ml_collections.ConfigDict:
-    if arg not in VARIANTS:
-        raise ValueError(f"Unknown latent config variant {arg!r}; use one of {sorted(VARIANTS)}.")
-    c = base()
-    VARIANTS[arg](c)
-    c.optim.decay_steps = c.train.steps
+    c = from_variant("latent", arg, base, VARIANTS)
     c.model.resolution = c.data.resolution
-    c.variant = arg
     return c
 
 

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.common import from_variant
+
 from data_pipeline.synthtalk.motion import MOTION_FIELDS
 from vasa_jax.parallel import DEFAULT_RULES
 
 
 def get_config(arg: str = "synthtalk64") -> ml_collections.ConfigDict:
-    if arg not in VARIANTS:
-        raise ValueError(f"Unknown probe config variant {arg!r}; use one of {sorted(VARIANTS)}.")
-    c = base()
-    VARIANTS[arg](c)
-    c.optim.decay_steps = c.train.steps
-    c.variant = arg
-    return c
+    return from_variant("probe", arg, base, VARIANTS)
 
 
 def base() -> ml_collections.ConfigDict:

@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+from trainer_configs import make_test_config
+
 from configs.latent import get_config
 from vasa_jax.train.latent_task import LatentTask
 from vasa_jax.train.restore import host_model, load_trainer
@@ -16,17 +18,7 @@ STEPS = 40
 
 
 def _config(data_dir, **over):
-    c = get_config("test")
-    c.data.data_dir = data_dir
-    c.train.log_every = 1
-    c.train.async_checkpoints = False
-    for k, v in over.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return make_test_config(get_config, data_dir, **over)
 
 
 @pytest.fixture(scope="module")

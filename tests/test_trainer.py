@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+from trainer_configs import make_test_config
+
 from configs.motion import get_config
 from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.train.motion_task import MotionTask
@@ -23,17 +25,7 @@ GOLDEN = os.path.join(ROOT, "tests", "golden", "motion_test_param_shardings.json
 
 
 def _config(data_dir, **over):
-    c = get_config("test")
-    c.data.data_dir = data_dir
-    c.train.log_every = 1
-    c.train.async_checkpoints = False
-    for k, v in over.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return make_test_config(get_config, data_dir, **over)
 
 
 def _losses(workdir):

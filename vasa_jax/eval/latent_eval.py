@@ -23,16 +23,16 @@ from data_pipeline.loader import make_loader, open_source
 from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.identity import sample_identity
 from data_pipeline.synthtalk.motion import FIELD
+from vasa_jax.eval.synthtalk_probe import pearson_or_nan, read_clips
 from vasa_jax.latent.losses import psnr
 from vasa_jax.latent.model import FaceLatentModel, to_uint8, to_unit
 from vasa_jax.media.video_io import atomic_path
+from vasa_jax.train.latent_task import pair_loader_config
 
 
 def read_pairs(config, split: str, num: int) -> dict[str, np.ndarray]:
     """``num`` deterministic (source, driver) frame pairs of one clip each, from the first
     clips of ``split``: frames (n, 2, R, R, 3) uint8, motion (n, 2, 12), identity (n,)."""
-    from vasa_jax.train.latent_task import pair_loader_config
-
     cfg = pair_loader_config(config, split=split, train=False, batch_size=1, shard_index=0,
                              shard_count=1)
     rows = []
@@ -133,12 +133,6 @@ class _Lpips:
         return np.concatenate(out)
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
 def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_clips: int = 0,
                     probe=None, frame_stride: int = 1, progress=None) -> dict[str, Any]:
     """The stage-1 quality report on whole clips of ``split`` (see the module docstring).
@@ -150,19 +144,7 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
     source, info = open_source(d.dataset, d.config, split, d.data_dir or None)
     seed = int(info.metadata["seed"])
     n = len(source) if not max_clips else min(max_clips, len(source))
-    clips = []
-    from vasa_jax.train.latent_task import pair_loader_config
-
-    cfg = pair_loader_config(config, split=split, train=False, batch_size=1, shard_index=0,
-                             shard_count=1)
-    import dataclasses
-
-    num_frames = info.features["motion"].shape[0]
-    cfg = dataclasses.replace(cfg, random_frames=0, num_frames=num_frames, random_window=False)
-    for i, b in enumerate(make_loader(cfg)):
-        if i == n:
-            break
-        clips.append({k: b[k][0] for k in ("frames", "motion", "identity", "emotion")})
+    clips = read_clips(config, split, n)
     if len({int(c["identity"]) for c in clips}) < 2:
         raise ValueError(f"Cross-reenactment needs clips of at least two identities; the first "
                          f"{n} clips of split {split!r} have one. Evaluate more clips.")
@@ -214,8 +196,8 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
         real = probe.predict(cat([c["frames"][::frame_stride] for c in clips]))["motion"]
         real_motion = cat([c["motion"][::frame_stride] for c in clips])
         for f in ("jaw_open", "yaw"):
-            out["cross"][f"probe_r_{f}"] = _pearson(pred[:, FIELD[f]], motion[:, FIELD[f]])
-            out["self"][f"probe_r_{f}_real_frames"] = _pearson(real[:, FIELD[f]],
+            out["cross"][f"probe_r_{f}"] = pearson_or_nan(pred[:, FIELD[f]], motion[:, FIELD[f]])
+            out["self"][f"probe_r_{f}_real_frames"] = pearson_or_nan(real[:, FIELD[f]],
                                                                real_motion[:, FIELD[f]])
         out["probe_heldout"] = dict(probe.heldout)
     return out

@@ -16,7 +16,7 @@ global pooling: tx, ty and yaw are positions), then one stride-2 conv3x3 + Group
 stage per entry of ``widths`` (each followed by ``blocks - 1`` residual conv3x3 units; optionally
 after a full-resolution ``stem`` unit), global average pooling, and an MLP head giving the motion
 in normalised units and the emotion logits. The dataset's motion mean/std live in non-trained
-``ProbeStat`` variables (saved with the checkpoint), so ``predict_motion`` returns physical units.
+``Stat`` variables (saved with the checkpoint), so ``predict_motion`` returns physical units.
 ``Probe.predict`` averages each frame's reading with its mirror image's (un-mirrored) by default.
 
 Not every field is readable: at 64 px the pupils and eyelids are a pixel or two, and the
@@ -44,20 +44,12 @@ import numpy as np
 from flax import nnx
 
 from data_pipeline.synthtalk.motion import EMOTIONS, MOTION_FIELDS
-from vasa_jax.nn.layers import dense, dtype_of
+from vasa_jax.nn.layers import dense, dtype_of, stat
 
 HELDOUT_FILE = "probe_heldout.json"
 # Logical axis names of the probe's parameters; none of them is in ``parallel.DEFAULT_RULES``,
 # so the (small) probe is replicated on every mesh.
 CONV_AXES = (None, None, "conv_in", "conv_out")
-
-
-class ProbeStat(nnx.Variable):
-    """Dataset statistics used to (de)normalise the motion; stored, never trained."""
-
-
-def _stat(values) -> ProbeStat:
-    return ProbeStat(jnp.asarray(values, jnp.float32), out_sharding=(None,))
 
 
 def _conv(cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, dtype) -> nnx.Conv:
@@ -139,8 +131,8 @@ class SynthTalkProbe(nnx.Module):
         self.fc = dense(cin, head, ("conv_out", "probe_hidden"), rngs=rngs, dtype=dt)
         self.out = dense(head, motion_dim + num_emotions, ("probe_hidden", "probe_out"),
                          rngs=rngs, dtype=dt)
-        self.motion_mean = _stat(np.zeros(motion_dim))
-        self.motion_std = _stat(np.ones(motion_dim))
+        self.motion_mean = stat(np.zeros(motion_dim))
+        self.motion_std = stat(np.ones(motion_dim))
 
     # -- normalisation -------------------------------------------------------------------------
     def set_stats(self, motion_mean, motion_std) -> None:

@@ -28,17 +28,9 @@ from flax import nnx
 
 from vasa_jax.nn.attention import AdaLNBlock, modulate
 from vasa_jax.nn.embeddings import fourier, sinusoidal
-from vasa_jax.nn.layers import dense, dtype_of, layer_norm, learned
+from vasa_jax.nn.layers import dense, dtype_of, layer_norm, learned, stat
 
 CONDITIONS = ("audio", "context", "gaze", "distance", "emotion")
-
-
-class Stat(nnx.Variable):
-    """Dataset statistics used for normalisation; stored, never trained."""
-
-
-def _stat(values) -> Stat:
-    return Stat(jnp.asarray(values, jnp.float32), out_sharding=(None,))
 
 
 class MotionDiT(nnx.Module):
@@ -55,8 +47,8 @@ class MotionDiT(nnx.Module):
         self.motion_dim, self.audio_dim = motion_dim, audio_dim
         self.window, self.context, self.num_emotions = window, context, num_emotions
         self.dtype = dt
-        self.motion_mean, self.motion_std = _stat(np.zeros(motion_dim)), _stat(np.ones(motion_dim))
-        self.audio_mean, self.audio_std = _stat(np.zeros(audio_dim)), _stat(np.ones(audio_dim))
+        self.motion_mean, self.motion_std = stat(np.zeros(motion_dim)), stat(np.ones(motion_dim))
+        self.audio_mean, self.audio_std = stat(np.zeros(audio_dim)), stat(np.ones(audio_dim))
 
         self.motion_in = dense(motion_dim, width, ("motion", "embed"), rngs=rngs, dtype=dt)
         self.audio_in = EmbedMlp(audio_dim, width, rngs=rngs, dtype=dt)

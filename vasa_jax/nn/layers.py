@@ -60,6 +60,16 @@ def layer_norm(width: int, *, rngs: nnx.Rngs, affine: bool = True, dtype=jnp.flo
         rngs=rngs)
 
 
+class Stat(nnx.Variable):
+    """Dataset statistics used for normalisation (e.g. motion mean/std); stored in checkpoints,
+    never trained (not an ``nnx.Param``, so the trainer keeps it in the non-trained state)."""
+
+
+def stat(values) -> Stat:
+    """A replicated float32 ``Stat`` holding ``values``."""
+    return Stat(jnp.asarray(values, jnp.float32), out_sharding=(None,))
+
+
 def learned(shape: Sequence[int], axes: Sequence[str | None], *, rngs: nnx.Rngs,
             stddev: float = 0.02) -> nnx.Param:
     """A learned tensor (positional table, null embedding) with logical ``axes``."""

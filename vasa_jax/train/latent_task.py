@@ -158,20 +158,20 @@ class LatentTask(Task):
         if not n:
             return {}
         from vasa_jax.eval.latent_eval import reenactment_scores
-        from vasa_jax.train.restore import host_model
+        from vasa_jax.train.restore import main_process_model
 
-        model = host_model(trainer)  # a collective: every process takes part
-        if jax.process_index() != 0:
+        model = main_process_model(trainer)  # a collective: every process takes part
+        if model is None:
             return {}
         return reenactment_scores(model, self.config, self.config.eval.train_eval_split, n)
 
     def images(self, trainer, step: int) -> dict[str, np.ndarray]:
         """TensorBoard grid (rows: source, driver, reconstruction, cross-reenactment)."""
         from vasa_jax.eval.latent_eval import reenactment_grid
-        from vasa_jax.train.restore import host_model
+        from vasa_jax.train.restore import main_process_model
 
-        model = host_model(trainer)
-        if jax.process_index() != 0:
+        model = main_process_model(trainer)  # a collective: every process takes part
+        if model is None:
             return {}
         return {"reenactment": reenactment_grid(model, self.config,
                                                 self.config.eval.train_eval_split, 8)[None]}

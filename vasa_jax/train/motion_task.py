@@ -149,10 +149,10 @@ class MotionTask(Task):
         n = self.config.eval.train_eval_clips
         if not n:
             return {}
-        from vasa_jax.train.restore import host_model
+        from vasa_jax.train.restore import main_process_model
 
-        model = host_model(trainer)  # a collective: every process takes part
-        if jax.process_index() != 0:
+        model = main_process_model(trainer)  # a collective: every process takes part
+        if model is None:
             return {}
         from vasa_jax.eval.motion_eval import evaluate_motion
 

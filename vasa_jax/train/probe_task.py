@@ -146,10 +146,10 @@ class ProbeTask(Task):
         n = self.config.eval.train_eval_clips
         if not n:
             return {}
-        from vasa_jax.train.restore import host_model
+        from vasa_jax.train.restore import main_process_model
 
-        model = host_model(trainer)  # a collective: every process takes part
-        if jax.process_index() != 0:
+        model = main_process_model(trainer)  # a collective: every process takes part
+        if model is None:
             return {}
         if not hasattr(self, "_eval_clips"):
             self._eval_clips = sp.read_clips(self.config, self.config.eval.train_eval_split, n)

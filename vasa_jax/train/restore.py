@@ -48,3 +48,10 @@ def host_model(trainer, ema: bool = True) -> nnx.Module:
     else:
         state = jax.device_get(state)
     return nnx.merge(graphdef, jax.tree.map(jnp.asarray, state))
+
+
+def main_process_model(trainer, ema: bool = True) -> nnx.Module | None:
+    """``host_model`` for work only process 0 does (evaluation, images): every process must call
+    it (gathering is a collective); process 0 gets the model, the others None."""
+    model = host_model(trainer, ema=ema)
+    return model if jax.process_index() == 0 else None

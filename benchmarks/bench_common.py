@@ -1,0 +1,43 @@
+"""Helpers the benchmark scripts share: the machine's measured matmul peak, its CPU model, and
+XLA's cost analysis of a compiled function. (Imported by the scripts beside it.)"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    """Measured fp32 GFLOP/s of (n x n) @ (n x n) matmuls under jit on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(reps):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def xla_cost(compiled) -> dict[str, float]:
+    """{"flops", "bytes_accessed"} from a compiled function's XLA cost analysis."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return {"flops": float(cost.get("flops", 0.0)),
+            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
