@@ -43,6 +43,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.data_dir = ""
     c.data.split = "train"
     c.data.batch_size = 16  # global; each example is a (source, driver) pair of one clip
+    c.data.other_clip_driver = 0.0  # P(the driver is a frame of another clip of the same person)
     c.data.flip = True
     c.data.colour_jitter = 0.0
     c.data.num_workers = 0
@@ -63,6 +64,7 @@ def base() -> ml_collections.ConfigDict:
     m.warp_ups = 2
     m.flow_upsample = 2  # flows at half the volume's height/width, resized
     m.g3d_channels = (16, 32)
+    m.g3d_dyn_cond = False  # adaptive GroupNorm on z_dyn in G3D (MegaPortraits: unconditioned)
     m.g2d_channels = (64, 32)
     m.disc_channels = (32, 64, 128)
     m.disc_scales = 2

@@ -255,6 +255,62 @@ class ClipWindow(grain.transforms.Map):
         return self._clip_fields(ex, out)
 
 
+def identity_index(source) -> dict[int, np.ndarray]:
+    """identity -> the record indices of its clips in ``source`` (one pass over the records;
+    frames stay encoded)."""
+    groups: dict[int, list[int]] = collections.defaultdict(list)
+    for i in range(len(source)):
+        groups[int(source[i]["identity"])].append(i)
+    return {k: np.asarray(v, np.int64) for k, v in groups.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverFromOtherClip(grain.transforms.Map):
+    """For frame pairs (``random_frames`` = 2): with probability ``prob`` the second frame (the
+    driver) is replaced by a random frame of another clip of the same identity, so a pair can
+    differ in head pose, distance, gaze and emotion as much as two recordings of one person do
+    (within one clip only the fast motion changes). Draws keyed by (seed, stream position).
+
+    Per-frame fields of the driver row come from the clip it was taken from; ``driver_clip``
+    (int32) is that clip's record index. The clip-level emotion/gaze/distance are left out of
+    such batches (they describe only one of the two frames). An identity with one clip keeps
+    its same-clip pair."""
+
+    source: Any
+    order: Any  # MapDataset: stream position -> record index
+    index: Any  # identity -> record indices (``identity_index``)
+    prob: float
+    seed: int = 0
+
+    def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+        ex = {k: v for k, v in ex.items() if k not in ("emotion", "gaze", "distance")}
+        record = int(self.order[int(ex["pos"])])
+        ex["driver_clip"] = np.int32(record)
+        rng = _example_rng(self.seed, int(ex["pos"]), 3)
+        others = self.index[int(ex["identity"])]
+        others = others[others != record]
+        if rng.random() >= self.prob or not len(others):
+            return ex
+        other_record = int(others[rng.integers(len(others))])
+        other = self.source[other_record]
+        total = len(other["frames"])
+        t = int(rng.integers(total))
+        frames = np.array(ex["frames"])
+        frames[-1] = decode_frame(other["frames"][t])
+        ex["frames"] = frames
+        for k in PER_FRAME_FIELDS:
+            if k in ex and k in other:
+                v = np.array(ex[k])
+                v[-1] = np.asarray(other[k])[t]
+                ex[k] = v
+        if "frame_index" in ex:
+            fi = np.array(ex["frame_index"])
+            fi[-1] = t
+            ex["frame_index"] = fi
+        ex["driver_clip"] = np.int32(other_record)
+        return ex
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment(grain.transforms.Map):
     """Horizontal mirror (p = ``flip_prob``) with the ground truth mirrored too, and a small
@@ -324,6 +380,7 @@ class LoaderConfig:
     shard_index: int | None = None  # default: jax.process_index()
     shard_count: int | None = None  # default: jax.process_count()
     random_frames: int = 0  # >0: that many random distinct frames per clip instead of a window
+    other_clip_driver: float = 0.0  # with random_frames=2: P(driver from another clip, same id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,6 +439,11 @@ def make_loader(cfg: LoaderConfig, clip_transforms: Sequence[Any] = ()) -> grain
     ds = ds.map(ReadClip(source, order, tuple(clip_transforms), keep, cfg.cache_clips))
     ds = ds.map(ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed, cfg.audio,
                            cfg.random_frames))
+    if cfg.other_clip_driver > 0:
+        if cfg.random_frames != 2:
+            raise ValueError("other_clip_driver needs frame pairs (random_frames=2).")
+        ds = ds.map(DriverFromOtherClip(source, order, identity_index(source),
+                                        cfg.other_clip_driver, cfg.seed))
     if cfg.augment:
         ds = ds.map(Augment(cfg.flip_prob, cfg.colour_jitter, cfg.seed))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)

@@ -217,3 +217,23 @@ def test_clip_transforms_feed_the_window_and_the_cache_keeps_batches_identical(s
     s = int(b["start"][0])
     whole = fe({"audio": ex["audio"].astype(np.float32) / 32768})["audio_features"]
     np.testing.assert_allclose(b["audio_features"][0], whole[s:s + 10], rtol=1e-6)
+
+
+def test_driver_from_another_clip_of_the_same_identity(synthtalk_tiny):
+    source, _ = open_source("synthtalk", TINY, "train", synthtalk_tiny)
+    cfg = _cfg(synthtalk_tiny, augment=False, batch_size=4, num_frames=2, random_frames=2,
+               audio=False, other_clip_driver=1.0)
+    swapped = 0
+    for b in _take(iter(make_loader(cfg)), 4):
+        assert "emotion" not in b and "driver_clip" in b
+        for j in range(4):
+            drv = source[int(b["driver_clip"][j])]
+            assert int(drv["identity"]) == int(b["identity"][j])  # always the same person
+            swapped += int(drv["clip"]) != int(b["clip"][j])
+            t = int(b["frame_index"][j, 1])
+            np.testing.assert_array_equal(b["frames"][j, 1],
+                                          loader_lib.decode_frame(drv["frames"][t]))
+            np.testing.assert_array_equal(b["motion"][j, 1], drv["motion"][t])
+    assert swapped == 16  # every tiny identity has a second clip in its split
+    with pytest.raises(ValueError, match="random_frames=2"):
+        make_loader(_cfg(synthtalk_tiny, other_clip_driver=0.5))

@@ -91,15 +91,18 @@ def reenact_frames(model: FaceLatentModel, source: np.ndarray, drivers: np.ndarr
 def reenactment_scores(model: FaceLatentModel, config, split: str, num_pairs: int
                        ) -> dict[str, float]:
     """Quick scores for training-time evaluation on ``num_pairs`` pairs: self-reenactment PSNR
-    and L1 (frames in [-1, 1])."""
+    and L1 (frames in [-1, 1]), and ``copy_psnr``, the PSNR of the source frame itself as the
+    prediction: a model that ignores the driver's motion sits near it."""
     pairs = read_pairs(config, split, num_pairs)
     enc_app, enc_motion, decode = _jit_methods(model)
     v, zid = enc_app(pairs["frames"][:, 0])
     pose, dyn = enc_motion(pairs["frames"][:, 1])
     pred = to_unit(decode(v, zid, pose, dyn))
     target = to_unit(pairs["frames"][:, 1])
+    copy = to_unit(pairs["frames"][:, 0])
     return {"self_psnr": float(psnr(pred, target).mean()),
-            "self_l1": float(jnp.abs(pred - target).mean())}
+            "self_l1": float(jnp.abs(pred - target).mean()),
+            "copy_psnr": float(psnr(copy, target).mean())}
 
 
 def reenactment_grid(model: FaceLatentModel, config, split: str, num: int) -> np.ndarray:

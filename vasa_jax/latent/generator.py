@@ -16,26 +16,31 @@ class G3D(nnx.Module):
     """3-D U-Net over a driven volume (b, d, h, w, C) -> (b, d, h, w, channels[0]).
 
     Level i has ``channels[i]`` channels; between levels h and w are halved (depth kept, as it
-    is small) and restored on the way up, with skip connections by concatenation."""
+    is small) and restored on the way up, with skip connections by concatenation.
+
+    ``cond_dim`` > 0 makes every block's GroupNorm adaptive to a code ``cond`` (b, cond_dim)
+    (the driving dynamics ``z_dyn``): a direct path from the expression code to the decoder,
+    beside the warp. MegaPortraits' G3D is unconditioned (``cond_dim`` = 0); the adaptive norms
+    start as plain GroupNorm, so the two begin identical."""
 
     def __init__(self, in_ch: int, channels: Sequence[int], *, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+                 cond_dim: int = 0, dtype=jnp.float32):
         ins = (in_ch,) + tuple(channels[:-1])
-        self.down = nnx.List([ResBlock(a, b, ndim=3, rngs=rngs, dtype=dtype)
+        self.down = nnx.List([ResBlock(a, b, ndim=3, rngs=rngs, cond_dim=cond_dim, dtype=dtype)
                               for a, b in zip(ins, channels)])
         self.up = nnx.List([ResBlock(channels[i + 1] + channels[i], channels[i], ndim=3,
-                                     rngs=rngs, dtype=dtype)
+                                     rngs=rngs, cond_dim=cond_dim, dtype=dtype)
                             for i in reversed(range(len(channels) - 1))])
 
-    def __call__(self, v: jax.Array) -> jax.Array:
+    def __call__(self, v: jax.Array, cond: jax.Array | None = None) -> jax.Array:
         skips = []
         for i, block in enumerate(self.down):
-            v = block(v)
+            v = block(v, cond)
             if i < len(self.down) - 1:
                 skips.append(v)
                 v = downsample(v, (1, 2, 2))
         for block in self.up:
-            v = block(jnp.concatenate([upsample(v, (1, 2, 2)), skips.pop()], axis=-1))
+            v = block(jnp.concatenate([upsample(v, (1, 2, 2)), skips.pop()], axis=-1), cond)
         return v
 
 

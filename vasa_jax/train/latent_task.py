@@ -40,7 +40,8 @@ def pair_loader_config(config, *, split: str, train: bool, batch_size: int,
         num_epochs=None if train else 1, frames=True, audio=False,
         augment=train and d.flip, flip_prob=0.5, colour_jitter=d.colour_jitter if train else 0.0,
         drop_remainder=train, worker_count=d.num_workers if train else 0,
-        worker_buffer_size=d.worker_buffer_size, shard_index=shard_index, shard_count=shard_count)
+        worker_buffer_size=d.worker_buffer_size, shard_index=shard_index, shard_count=shard_count,
+        other_clip_driver=d.other_clip_driver if train else 0.0)
 
 
 class LatentTask(Task):
