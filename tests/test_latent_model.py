@@ -164,3 +164,20 @@ def test_bad_configs_are_clear_errors():
         FaceLatentModel(c, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="Unknown latent config variant"):
         get_config("nope")
+
+
+def test_g3d_conditioned_on_dynamics_starts_unconditioned_then_uses_the_code():
+    c = get_config("test").model
+    c.g3d_dyn_cond = True
+    m = FaceLatentModel(c, rngs=nnx.Rngs(3))
+    k = jax.random.split(jax.random.PRNGKey(4), 3)
+    vol = jax.random.normal(k[0], (2,) + m.volume_shape)
+    zid, pose = jnp.ones((2, c.id_dim)), jnp.zeros((2, warp.POSE_DIM))
+    dyn_a, dyn_b = (jax.random.normal(kk, (2, c.dyn_dim)) for kk in k[1:])
+    # Adaptive norms and flows start at zero: z_dyn changes nothing yet.
+    np.testing.assert_allclose(m.decode(vol, zid, pose, dyn_a), m.decode(vol, zid, pose, dyn_b),
+                               atol=1e-6)
+    proj = m.g3d.down[0].norm1.proj
+    proj.kernel[...] = 0.5 * jax.random.normal(k[0], proj.kernel[...].shape)
+    diff = jnp.abs(m.decode(vol, zid, pose, dyn_a) - m.decode(vol, zid, pose, dyn_b)).max()
+    assert float(diff) > 1e-3

