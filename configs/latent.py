@@ -73,6 +73,7 @@ def base() -> ml_collections.ConfigDict:
     loss = c.loss = ml_collections.ConfigDict()
     loss.l1 = 10.0
     loss.perceptual = 1.0
+    loss.motion_l1 = 0.0  # extra L1 weighted by |driver - source| (losses.motion_weight_map)
     loss.perceptual_layers = 3  # VGG16 relu1_2, relu2_2, relu3_3 (up to 5)
     loss.adversarial = 0.1
     loss.feature_matching = 1.0
@@ -116,6 +117,9 @@ def base() -> ml_collections.ConfigDict:
 def _test(c):
     c.data.config = "res64_tiny"
     c.data.batch_size = 8
+    c.data.other_clip_driver = 0.5  # the synthtalk64 recipe, so the tests exercise it
+    c.model.g3d_dyn_cond = True
+    c.loss.motion_l1 = 10.0
     m = c.model
     m.app_channels, m.volume_channels, m.volume_depth = (8, 16), 4, 4
     m.id_dim, m.motion_channels, m.motion_hidden, m.dyn_dim = 8, (8, 16, 16), 16, 6
@@ -134,12 +138,15 @@ def _synthtalk64(c):
     a third of the step and do not raise PSNR/LPIPS; ``paper`` keeps MegaPortraits' weights)."""
     c.data.config = "res64_small"
     c.data.batch_size = 8
+    c.data.other_clip_driver = 0.5
+    c.model.g3d_dyn_cond = True
+    c.loss.motion_l1 = 100.0
     c.loss.aux_fraction = 0.25
     c.loss.perceptual_layers = 2
     c.loss.adversarial, c.loss.feature_matching = 0.0, 0.0
     c.data.num_workers = 1
     c.optim.lr, c.optim.warmup_steps, c.optim.ema_decay = 1e-3, 50, 0.99
-    c.train.steps, c.train.log_every = 1500, 25
+    c.train.steps, c.train.log_every = 2600, 25
     c.train.eval_every, c.train.checkpoint_every, c.train.image_every = 500, 500, 500
 
 

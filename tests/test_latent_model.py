@@ -181,3 +181,14 @@ def test_g3d_conditioned_on_dynamics_starts_unconditioned_then_uses_the_code():
     proj.kernel[...] = 0.5 * jax.random.normal(k[0], proj.kernel[...].shape)
     diff = jnp.abs(m.decode(vol, zid, pose, dyn_a) - m.decode(vol, zid, pose, dyn_b)).max()
     assert float(diff) > 1e-3
+
+
+def test_motion_weight_map_marks_where_frames_differ():
+    a = jnp.zeros((1, 16, 16, 3))
+    b = a.at[0, 8, 8].set(1.0)
+    w = losses.motion_weight_map(a, b, dilate=3)
+    assert w.shape == (1, 16, 16, 1)
+    np.testing.assert_allclose([w[0, 8, 8, 0], w[0, 7, 9, 0]], 1.0, rtol=1e-5)  # dilated 3 x 3
+    assert float(w[0, 8, 11, 0]) == 0.0
+    np.testing.assert_allclose(w.sum(), 9.0, rtol=1e-5)
+    np.testing.assert_allclose(losses.weighted_l1_loss(b, a, w), 3.0 / (16 * 16 * 3), rtol=1e-5)

@@ -73,6 +73,23 @@ def l1_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)).mean()
 
 
+def motion_weight_map(a: jax.Array, b: jax.Array, dilate: int = 5) -> jax.Array:
+    """Where two frames of one person differ: the per-pixel mean absolute difference of ``a``
+    and ``b`` (b, R, R, 3), divided by its per-image maximum, max-pooled over ``dilate`` x
+    ``dilate`` pixels so it covers the moving part's neighbourhood. -> (b, R, R, 1) in [0, 1]
+    (constant: no gradient)."""
+    d = jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).mean(-1, keepdims=True)
+    d = d / (d.max(axis=(1, 2, 3), keepdims=True) + 1e-6)
+    d = jax.lax.reduce_window(d, -jnp.inf, jax.lax.max, (1, dilate, dilate, 1), (1, 1, 1, 1),
+                              "SAME")
+    return jax.lax.stop_gradient(d)
+
+
+def weighted_l1_loss(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
+    """mean(weight * |pred - target|); weight broadcasts against (b, R, R, 3)."""
+    return (weight * jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))).mean()
+
+
 def hinge_discriminator_loss(real_logits: Sequence[jax.Array], fake_logits: Sequence[jax.Array]
                              ) -> jax.Array:
     """Hinge loss summed over scales: mean relu(1 - D(real)) + mean relu(1 + D(fake))."""

@@ -4,7 +4,9 @@ Per example, two distinct random frames i (source) and j (driver) of one clip. O
 step computes, in one batched decode (the VASA-1 terms on the first ``loss.aux_fraction`` of
 the rows, to bound the cost):
 - reconstruction: D(V_i, id_i, pose_j, dyn_j) -> frame j (and, with ``loss.symmetric``, j -> i);
-  losses L1 + VGG16 perceptual + hinge GAN + discriminator feature matching;
+  losses L1 + VGG16 perceptual + hinge GAN + discriminator feature matching, and optionally
+  (``loss.motion_l1``, not in the papers) an extra L1 weighted by where the two frames differ,
+  so the small moving parts (mouth, eyes) are not drowned by the static background;
 - ``l_consist`` (VASA-1): D(V_j, id_j, pose_i, dyn_j) and D(V_i, id_i, pose_i, dyn_j) must agree
   (L1 between them);
 - ``l_cross_id`` (VASA-1): the motion of another example's driver on source i; 1 - cosine between
@@ -113,6 +115,11 @@ class LatentTask(Task):
             m = {"l1": losses.l1_loss(fake, real),
                  "psnr": losses.psnr(fake, real).mean()}
             total = lc.l1 * m["l1"]
+            if lc.motion_l1:  # extra L1 where source and driver differ (the moving parts)
+                w = losses.motion_weight_map(out["src"], out["drv"])
+                w = jnp.concatenate([w] * len(fakes))
+                m["motion_l1"] = losses.weighted_l1_loss(fake, real, w)
+                total += lc.motion_l1 * m["motion_l1"]
             if lc.perceptual:
                 m["perceptual"] = losses.perceptual_loss(fake, real, lc.perceptual_layers)
                 total += lc.perceptual * m["perceptual"]
