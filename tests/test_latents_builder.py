@@ -93,6 +93,10 @@ def test_build_read_back_and_train_stage2(stage1, synthtalk_tiny, tmp_path):
     c = _motion_config(out, name, dyn_dim)
     result = Trainer(MotionTask(c), c, str(tmp_path / "motion")).fit()
     assert np.isfinite(result["loss"])
+    wrong = _motion_config(out, name, dyn_dim + 1)  # motion width off by one: named, with the fix
+    with pytest.raises(ValueError, match=rf"motion width .* is {7 + dyn_dim} .* says "
+                                         rf"{8 + dyn_dim}; set model\.motion_dim={7 + dyn_dim}"):
+        MotionTask(wrong).prepare()
     c.data.config = ""
     with pytest.raises(DatasetNotFoundError, match=name + r".*--config\.data\.config="):
         MotionTask(c).prepare()

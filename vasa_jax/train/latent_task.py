@@ -1,6 +1,7 @@
 """Stage 1 as a trainer task: FaceLatentModel on (source, driver) frame pairs of one clip.
 
-Per example, two distinct random frames i (source) and j (driver) of one clip. One generator
+Per example, two distinct random frames i (source) and j (driver) of one clip, or, with
+probability ``data.other_clip_driver``, j from another clip of the same person. One generator
 step computes, in one batched decode (the VASA-1 terms on the first ``loss.aux_fraction`` of
 the rows, to bound the cost):
 - reconstruction: D(V_i, id_i, pose_j, dyn_j) -> frame j (and, with ``loss.symmetric``, j -> i);
