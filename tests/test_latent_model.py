@@ -192,3 +192,14 @@ def test_motion_weight_map_marks_where_frames_differ():
     assert float(w[0, 8, 11, 0]) == 0.0
     np.testing.assert_allclose(w.sum(), 9.0, rtol=1e-5)
     np.testing.assert_allclose(losses.weighted_l1_loss(b, a, w), 3.0 / (16 * 16 * 3), rtol=1e-5)
+
+
+def test_warp_round_trip_of_an_untrained_model_is_exact(test_model):
+    from vasa_jax.eval.latent_eval import warp_round_trip
+
+    # Zero-initialised pose head and flows: both warps are the identity.
+    frames = np.asarray(jax.random.randint(jax.random.PRNGKey(5), (2, 64, 64, 3), 0, 256),
+                        np.uint8)
+    r = warp_round_trip(test_model, frames)
+    assert r["round_trip_rel_error"] < 1e-5 and r["rigid_round_trip_rel_error"] < 1e-5
+    assert 0 < r["volume_high_frequency_share"] < 1.5

@@ -89,6 +89,7 @@ def test_evaluation_report_on_two_identities(trained, synthtalk_tiny, tmp_path):
     assert res["clips"] == 4 and 0 < res["self"]["psnr"] < 60
     assert 0 <= res["cross"]["lpips_alex_vs_render"] <= 2
     assert set(res["motion_latents"]) == {"latent_r_jaw_open", "latent_r_yaw"}
+    assert 0 <= res["warp"]["rigid_round_trip_rel_error"] <= 2
     js, png = write_report(res, str(tmp_path))
     assert os.path.getsize(png) > 1000 and os.path.getsize(js) > 100
     with pytest.raises(ValueError, match="two identities"):

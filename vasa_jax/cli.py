@@ -191,7 +191,7 @@ def eval_latent(args) -> tuple[str, str]:
                   dataset=f"{config.data.dataset}/{config.data.config}")
     js, png = write_report(result, args.out or os.path.join(args.workdir, "eval"))
     print()
-    for part in ("self", "cross", "motion_latents"):
+    for part in ("self", "cross", "motion_latents", "warp"):
         print(part, {k: round(v, 4) for k, v in result[part].items()})
     if probe is not None:
         print("probe held-out accuracy:", probe.heldout)

