@@ -70,6 +70,17 @@ def _jit_methods(model: FaceLatentModel):
     return methods
 
 
+def padded_chunks(frames: np.ndarray, chunk: int):
+    """Yields (chunk of ``frames`` padded to ``chunk`` rows by repeating its last, number of
+    real rows): a fixed shape, so a jitted function compiles once."""
+    for i in range(0, len(frames), chunk):
+        d = frames[i:i + chunk]
+        n = len(d)
+        if n < chunk:
+            d = np.concatenate([d, np.repeat(d[-1:], chunk - n, 0)])
+        yield d, n
+
+
 def reenact_frames(model: FaceLatentModel, source: np.ndarray, drivers: np.ndarray,
                    chunk: int = 32) -> np.ndarray:
     """One source frame (R, R, 3) driven by every frame of ``drivers`` (T, R, R, 3) -> (T, R,
@@ -77,11 +88,7 @@ def reenact_frames(model: FaceLatentModel, source: np.ndarray, drivers: np.ndarr
     enc_app, enc_motion, decode = _jit_methods(model)
     v, zid = enc_app(source[None])
     out = []
-    for i in range(0, len(drivers), chunk):
-        d = drivers[i:i + chunk]
-        n = len(d)
-        if n < chunk:  # pad to a fixed shape: one compilation
-            d = np.concatenate([d, np.repeat(d[-1:], chunk - n, 0)])
+    for d, n in padded_chunks(drivers, chunk):
         pose, dyn = enc_motion(d)
         rep = lambda x: jnp.repeat(x, chunk, axis=0)  # noqa: E731
         out.append(np.asarray(decode(rep(v), rep(zid), pose, dyn))[:n])
@@ -147,11 +154,7 @@ def motion_latent_probe(model: FaceLatentModel, clips: list[dict[str, Any]],
     _, enc_motion, _ = _jit_methods(model)
     feats, motion, ident = [], [], []
     for c in clips:
-        for i in range(0, len(c["frames"]), chunk):
-            d = c["frames"][i:i + chunk]
-            n = len(d)
-            if n < chunk:  # pad to a fixed shape: one compilation
-                d = np.concatenate([d, np.repeat(d[-1:], chunk - n, 0)])
+        for d, n in padded_chunks(c["frames"], chunk):
             pose, dyn = enc_motion(d)
             feats.append(np.concatenate([np.asarray(pose), np.asarray(dyn)], -1)[:n])
         motion.append(c["motion"][:, [FIELD[f] for f in fields]])

@@ -21,7 +21,7 @@ class G3D(nnx.Module):
     ``cond_dim`` > 0 makes every block's GroupNorm adaptive to a code ``cond`` (b, cond_dim)
     (the driving dynamics ``z_dyn``): a direct path from the expression code to the decoder,
     beside the warp. MegaPortraits' G3D is unconditioned (``cond_dim`` = 0); the adaptive norms
-    start as plain GroupNorm, so the two begin identical."""
+    start as plain GroupNorm, so the two begin identical. An unconditioned G3D ignores ``cond``."""
 
     def __init__(self, in_ch: int, channels: Sequence[int], *, rngs: nnx.Rngs,
                  cond_dim: int = 0, dtype=jnp.float32):

@@ -55,9 +55,8 @@ class FaceLatentModel(nnx.Module):
                                                       cfg.warp_ups, rngs=rngs,
                                                       flow_upsample=cfg.flow_upsample,
                                                       dtype=dtype)
-        self.g3d_conditioned = bool(cfg.g3d_dyn_cond)
         self.g3d = G3D(cfg.volume_channels, cfg.g3d_channels, rngs=rngs,
-                       cond_dim=cfg.dyn_dim if self.g3d_conditioned else 0, dtype=dtype)
+                       cond_dim=cfg.dyn_dim if cfg.g3d_dyn_cond else 0, dtype=dtype)
         self.projection = Projection(cfg.volume_depth, cfg.g3d_channels[0], cfg.g2d_channels[0],
                                      rngs=rngs, dtype=dtype)
         self.g2d = G2D(cfg.g2d_channels[0], cfg.g2d_channels, rngs=rngs, patch=patch,
@@ -96,8 +95,7 @@ class FaceLatentModel(nnx.Module):
     def decode(self, v_app: jax.Array, z_id: jax.Array, z_pose: jax.Array, z_dyn: jax.Array
                ) -> jax.Array:
         """(V_app, z_id, z_pose, z_dyn) -> image (b, R, R, 3) in [-1, 1]."""
-        v = self.drive(v_app, z_id, z_pose, z_dyn)
-        v = self.g3d(v, z_dyn) if self.g3d_conditioned else self.g3d(v)
+        v = self.g3d(self.drive(v_app, z_id, z_pose, z_dyn), z_dyn)  # used if g3d_dyn_cond
         return self.g2d(self.projection(v))
 
     def reenact(self, source: jax.Array, driver: jax.Array) -> jax.Array:

@@ -87,14 +87,14 @@ class MotionTask(Task):
     def prepare(self) -> None:
         self.stats = dataset_stats(self.config, self.config.train.stats_clips)
         m, d = self.config.model, self.config.data
-        for name, key, want in (("motion", "motion_mean", m.motion_dim),
-                                ("audio feature", "audio_mean", m.audio_dim)):
-            got = len(self.stats[key])
+        for name, key, field in (("motion", "motion_mean", "motion_dim"),
+                                 ("audio feature", "audio_mean", "audio_dim")):
+            got, want = len(self.stats[key]), m[field]
             if got != want:
                 raise ValueError(
                     f"The {name} width of {d.dataset}/{d.config} is {got} but the config says "
-                    f"{want}; set model.{'motion_dim' if name == 'motion' else 'audio_dim'}="
-                    f"{got} (e.g. --set) or rebuild the dataset to match.")
+                    f"{want}; set model.{field}={got} (e.g. --set) or rebuild the dataset to "
+                    f"match.")
         logging.info("motion std %s", np.round(self.stats["motion_std"], 4))
 
     def make_model(self, rngs: nnx.Rngs) -> MotionDiT:
