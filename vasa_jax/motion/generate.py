@@ -1,68 +1,122 @@
 """Motion for arbitrary-length audio: slide the diffusion window over the audio features.
 
-``generate_motion`` is one traceable function: a ``lax.scan`` over windows of W frames whose carry
-is the last K generated motion frames and their audio features (the next window's context); each
-window runs every denoising step with multi-condition CFG (one batched model call). The first
-window has no history (its context is dropped, as in training); audio beyond the end is padded and
-marked dropped, and the output is trimmed to the input length.
+``window_step`` generates one window of W frames: every denoising step with multi-condition CFG
+(one batched model call per step), given a ``WindowCarry`` that holds the last K generated
+motion frames and their audio features (the next window's context). ``generate_motion`` is one
+traceable ``lax.scan`` of that step over all windows; streaming generation calls the same step
+window by window (``vasa_jax.pipeline``), so both give the same motion for the same key.
+
+The first window has no history (its context is dropped, as in training); audio beyond the end
+is padded and marked dropped, and the output is trimmed to the input length. A condition left
+out of ``conditions`` (gaze, distance, emotion) is dropped: the model's learned null is used.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from vasa_jax.motion import diffusion
 from vasa_jax.motion.dit import MotionDiT
 
+CONTROL_CONDITIONS = ("gaze", "distance", "emotion")
+_PLACEHOLDER = {"gaze": ((2,), jnp.float32), "distance": ((), jnp.float32),
+                "emotion": ((), jnp.int32)}
+
+
+@flax.struct.dataclass
+class WindowCarry:
+    """What one window passes to the next: normalised context motion (B, K, M) and audio
+    features (B, K, A), whether no window came before (context dropped), and the window index
+    (window i samples with ``fold_in(key, i)``)."""
+
+    motion_pre: jax.Array
+    audio_pre: jax.Array
+    first: jax.Array  # bool scalar
+    index: jax.Array  # int32 scalar
+
+
+def init_carry(model: MotionDiT, batch: int) -> WindowCarry:
+    k = model.context
+    return WindowCarry(jnp.zeros((batch, k, model.motion_dim), jnp.float32),
+                       jnp.zeros((batch, k, model.audio_dim), jnp.float32),
+                       jnp.bool_(True), jnp.int32(0))
+
+
+def complete_conditions(conditions: Mapping[str, jax.Array], batch: int
+                        ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(conditions with placeholders for the missing ones, per-condition (B,) drop flags)."""
+    cond, drop = {}, {}
+    for c in CONTROL_CONDITIONS:
+        shape, dtype = _PLACEHOLDER[c]
+        given = conditions.get(c)
+        cond[c] = (jnp.zeros((batch,) + shape, dtype) if given is None
+                   else jnp.asarray(given, dtype))
+        drop[c] = jnp.full((batch,), given is None)
+    return cond, drop
+
+
+def window_step(model: MotionDiT, carry: WindowCarry, audio_window: jax.Array,
+                frames_ok: jax.Array, conditions: Mapping[str, jax.Array], key: jax.Array,
+                schedule: diffusion.Schedule, *, num_steps: int = 50, sampler: str = "ddim",
+                eta: float = 0.0, cfg_scales: Mapping[str, float] | None = None
+                ) -> tuple[WindowCarry, jax.Array]:
+    """One window.
+
+    Args:
+      model: the merged MotionDiT.
+      carry: from ``init_carry`` or the previous window.
+      audio_window: (B, W, A) raw frontend features (zeros where ``frames_ok`` is False).
+      frames_ok: (W,) bool, False for padding beyond the end of the audio.
+      conditions: ``gaze`` (B, 2), ``distance`` (B,), ``emotion`` (B,) int; missing = dropped.
+      key: the generation key (this window uses ``fold_in(key, carry.index)``).
+
+    Returns:
+      (next carry, (B, W, M) motion in data units).
+    """
+    b, w, _ = audio_window.shape
+    k = model.context
+    a = model.normalize_audio(audio_window.astype(jnp.float32))
+    a = jnp.where(frames_ok[None, :, None], a, 0.0)
+    cond, drop = complete_conditions(conditions, b)
+    cond.update(audio=a, audio_pre=carry.audio_pre, motion_pre=carry.motion_pre)
+    drop.update(audio=jnp.zeros((b,), bool), context=jnp.full((b,), carry.first),
+                audio_frames=jnp.broadcast_to(frames_ok, (b, w)))
+    denoiser = diffusion.guided_denoiser(model, cfg_scales or {})
+    x0 = diffusion.sample(lambda x, t: denoiser(x, t, cond, drop),
+                          jax.random.fold_in(key, carry.index), (b, w, model.motion_dim),
+                          schedule, num_steps, kind=sampler, eta=eta)
+    nxt = WindowCarry(x0[:, w - k:], a[:, w - k:], jnp.bool_(False), carry.index + 1)
+    return nxt, model.denormalize_motion(x0)
+
+
+def split_windows(audio_features: jax.Array, window: int) -> tuple[jax.Array, jax.Array]:
+    """(B, N, A) -> zero-padded windows (n_win, B, W, A) and their (n_win, W) validity."""
+    b, n, _ = audio_features.shape
+    n_win = -(-n // window)
+    audio = jnp.pad(audio_features, ((0, 0), (0, n_win * window - n), (0, 0)))
+    valid = (jnp.arange(n_win * window) < n).reshape(n_win, window)
+    return jnp.moveaxis(audio.reshape(b, n_win, window, -1), 1, 0), valid
+
 
 def generate_motion(model: MotionDiT, audio_features: jax.Array, conditions: Mapping[str, jax.Array],
                     key: jax.Array, schedule: diffusion.Schedule, *, num_steps: int = 50,
                     sampler: str = "ddim", eta: float = 0.0,
                     cfg_scales: Mapping[str, float] | None = None) -> jax.Array:
-    """Generate motion for ``audio_features``.
-
-    Args:
-      model: the (merged) MotionDiT; its statistics normalise inputs and outputs.
-      audio_features: (B, N, A) raw frontend features, N any positive length.
-      conditions: ``gaze`` (B, 2), ``distance`` (B,), ``emotion`` (B,) int.
-      key: PRNG key (window i uses ``fold_in(key, i)``).
-      schedule: the training noise schedule.
-      num_steps, sampler, eta: the reverse process per window.
-      cfg_scales: guidance scale per condition, e.g. ``{"audio": 0.5, "gaze": 1.0}``.
-
-    Returns:
-      (B, N, M) motion in data units.
-    """
+    """Generate motion for ``audio_features`` (B, N, A) raw frontend features, N any positive
+    length; ``conditions`` as in ``window_step``. Returns (B, N, M) motion in data units."""
     b, n, _ = audio_features.shape
-    w, k = model.window, model.context
-    if k > w:
-        raise ValueError(f"Context K={k} must not exceed the window W={w}.")
-    n_win = -(-n // w)
-    pad = n_win * w - n
-    audio = model.normalize_audio(audio_features.astype(jnp.float32))
-    audio = jnp.pad(audio, ((0, 0), (0, pad), (0, 0)))
-    valid = jnp.arange(n_win * w) < n
-    audio_w = jnp.moveaxis(audio.reshape(b, n_win, w, -1), 1, 0)  # (n_win, B, W, A)
-    valid_w = valid.reshape(n_win, w)
-    denoiser = diffusion.guided_denoiser(model, cfg_scales or {})
-    m = model.motion_dim
+    if model.context > model.window:
+        raise ValueError(f"Context K={model.context} must not exceed the window "
+                         f"W={model.window}.")
+    audio_w, valid_w = split_windows(audio_features.astype(jnp.float32), model.window)
 
     def window(carry, xs):
-        motion_pre, audio_pre, first = carry
-        a, frames_ok, i = xs
-        cond = dict(conditions, audio=a, audio_pre=audio_pre, motion_pre=motion_pre)
-        drop = {c: jnp.zeros((b,), bool) for c in ("audio", "gaze", "distance", "emotion")}
-        drop["context"] = jnp.full((b,), first)
-        drop["audio_frames"] = jnp.broadcast_to(frames_ok, (b, w))
-        x0 = diffusion.sample(lambda x, t: denoiser(x, t, cond, drop), jax.random.fold_in(key, i),
-                              (b, w, m), schedule, num_steps, kind=sampler, eta=eta)
-        return (x0[:, w - k:], a[:, w - k:], jnp.bool_(False)), x0
+        return window_step(model, carry, xs[0], xs[1], conditions, key, schedule,
+                           num_steps=num_steps, sampler=sampler, eta=eta, cfg_scales=cfg_scales)
 
-    init = (jnp.zeros((b, k, m), jnp.float32), jnp.zeros((b, k, audio.shape[-1]), jnp.float32),
-            jnp.bool_(True))
-    _, out = jax.lax.scan(window, init, (audio_w, valid_w, jnp.arange(n_win)))
-    out = jnp.moveaxis(out, 0, 1).reshape(b, n_win * w, m)[:, :n]
-    return model.denormalize_motion(out)
+    _, out = jax.lax.scan(window, init_carry(model, b), (audio_w, valid_w))
+    return jnp.moveaxis(out, 0, 1).reshape(b, -1, model.motion_dim)[:, :n]

@@ -1,0 +1,127 @@
+"""User inputs: photos (reading, face detection, framing) and speech files, and the clear
+error each bad input gives."""
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from data_pipeline.synthtalk.generate import generate_clip
+from vasa_jax.media.audio import decode_audio, load_speech
+from vasa_jax.media.errors import InputError
+from vasa_jax.media.face_crop import SYNTHTALK_FRAMING, crop_face, detect_faces
+from vasa_jax.media.image_io import load_image
+
+
+def _wav(path, audio, rate):
+    import av
+
+    with av.open(str(path), "w", format="wav") as out:
+        s = out.add_stream("pcm_s16le", rate=rate)
+        s.layout = "stereo" if audio.ndim == 2 else "mono"
+        frame = av.AudioFrame.from_ndarray(
+            np.round(np.atleast_2d(audio).T * 32767).astype(np.int16).reshape(1, -1),  # interleaved
+            format="s16", layout=s.layout)
+        frame.sample_rate = rate
+        for p in s.encode(frame):
+            out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+
+
+# -- photos ------------------------------------------------------------------------------------
+def test_image_modes_and_errors(tmp_path):
+    rgb = skimage.data.astronaut()
+    for mode in ("RGB", "L", "RGBA", "P", "CMYK"):
+        path = tmp_path / f"a_{mode}.png" if mode != "CMYK" else tmp_path / "a.jpg"
+        Image.fromarray(rgb).convert(mode).save(path)
+        out = load_image(path)
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "noise.png").write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(InputError, match="not an image"):
+        load_image(tmp_path / "noise.png")
+    good = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(good[: len(good) // 3])
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        load_image(tmp_path / "cut.jpg")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "depth.png")
+    with pytest.raises(InputError, match="mode"):
+        load_image(tmp_path / "depth.png")
+
+
+def test_face_detection_on_a_real_photo_and_synthtalk():
+    boxes = detect_faces(skimage.data.astronaut())
+    assert len(boxes) == 1
+    b = boxes[0]
+    assert 150 < b.center[0] < 260 and 90 < b.center[1] < 190 and 70 < b.width < 130
+    # A SynthTalk frame of a held-out identity is found and re-cropped close to its own framing.
+    frame = generate_clip(0, 900, 0, 1, 256)["frames"][0]
+    crop, box = crop_face(frame, 256)
+    assert abs(box.width / 256 - SYNTHTALK_FRAMING.width) < 0.1
+    assert np.abs(crop.astype(float) - frame).mean() < 30
+    # The cascade fallback finds the astronaut too.
+    (c,) = detect_faces(skimage.data.astronaut(), backend="cascade")
+    assert abs(c.center[0] - b.center[0]) < 25 and abs(c.center[1] - b.center[1]) < 25
+
+
+def test_face_errors_name_the_cause_and_fix():
+    with pytest.raises(InputError, match="No face"):
+        crop_face(skimage.data.coffee(), 64)
+    a = skimage.data.astronaut()[:300, 100:400]
+    two = np.concatenate([a, a], axis=1)
+    with pytest.raises(InputError, match="Found 2 faces.*--face-index"):
+        crop_face(two, 64)
+    left, box_l = crop_face(two, 64, face_index=0)
+    right, box_r = crop_face(two, 64, face_index=1)
+    assert box_l.center[0] < 300 < box_r.center[0]
+    assert np.abs(left.astype(float) - right).mean() < 15  # the same face
+    with pytest.raises(InputError, match="out of range"):
+        crop_face(two, 64, face_index=2)
+    small = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((192, 192)))
+    with pytest.raises(InputError, match="too small"):
+        crop_face(small, 256)
+
+
+# -- speech ------------------------------------------------------------------------------------
+def test_any_rate_and_channels_become_16k_mono(tmp_path):
+    t = np.arange(44100) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    _wav(tmp_path / "stereo.wav", np.stack([tone, tone]), 44100)
+    audio = decode_audio(tmp_path / "stereo.wav")
+    assert audio.dtype == np.float32 and abs(len(audio) - 16000) <= 64
+    spectrum = np.abs(np.fft.rfft(audio[1000:15000]))
+    peak_hz = np.argmax(spectrum) * 16000 / len(audio[1000:15000])
+    assert abs(peak_hz - 440) < 5 and 0.4 < np.abs(audio).max() < 0.6
+    # m4a (AAC) through the repo's own mp4 writer's audio path
+    from vasa_jax.media.video_io import write_mp4
+
+    write_mp4(tmp_path / "v.mp4", np.zeros((25, 16, 16, 3), np.uint8), audio)
+    assert abs(len(decode_audio(tmp_path / "v.mp4")) - 16000) < 2048
+
+
+def test_speech_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_speech(tmp_path / "none.wav")
+    (tmp_path / "junk.mp3").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(InputError, match="corrupt|no audio"):
+        load_speech(tmp_path / "junk.mp3")
+    _wav(tmp_path / "silent.wav", np.zeros(16000), 16000)
+    with pytest.raises(InputError, match="silent"):
+        load_speech(tmp_path / "silent.wav")
+    import wave
+
+    with wave.open(str(tmp_path / "empty.wav"), "wb") as f:  # a valid header, no samples
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(16000)
+    with pytest.raises(InputError, match="no samples|corrupt"):
+        load_speech(tmp_path / "empty.wav")
+    _wav(tmp_path / "long.wav", 0.1 * np.ones(16000 * 3), 16000)
+    with pytest.raises(InputError, match="offline limit"):
+        load_speech(tmp_path / "long.wav", max_seconds=2)
+    assert len(load_speech(tmp_path / "long.wav")) == 48000
+    from vasa_jax.media.video_io import write_mp4
+
+    write_mp4(tmp_path / "mute.mp4", np.zeros((5, 16, 16, 3), np.uint8))
+    with pytest.raises(InputError, match="no audio stream"):
+        load_speech(tmp_path / "mute.mp4")

@@ -1,0 +1,339 @@
+"""Talking-face generation: one portrait photo + a speech track -> video frames (VASA-1 §3.3).
+
+``TalkingFacePipeline`` joins the two trained stages:
+  photo -> face detection -> crop to the training framing -> ``V_app``, ``z_id`` (once);
+  audio (any file PyAV decodes) -> 16 kHz mono -> frontend features (one row per 25 fps frame);
+  per window of W frames: motion diffusion (every denoising step, multi-condition CFG in one
+  batched call) -> [z_pose, z_dyn] per frame -> stage-1 decoder -> frames.
+
+Offline generation (``generate``) is ONE jit-compiled program: a ``lax.scan`` of the window
+step over all windows (the last one padded, the output trimmed). Streaming (``stream``) runs the
+same window step, compiled on its own, as soon as a window's audio has arrived, and yields its
+frames; for the same seed it gives the offline output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Callable, Iterable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vasa_jax.constants import FPS, SAMPLES_PER_FRAME
+from vasa_jax.latent.model import FaceLatentModel, to_uint8, to_unit
+from vasa_jax.latent.warp import POSE_DIM
+from vasa_jax.media.errors import InputError
+from vasa_jax.media.face_crop import SYNTHTALK_FRAMING, Framing, crop_face
+from vasa_jax.motion import diffusion
+from vasa_jax.motion.audio import AudioFrontend, features_for_frames
+from vasa_jax.motion.dit import MotionDiT
+from vasa_jax.motion.generate import WindowCarry, init_carry, split_windows, window_step
+
+EMOTIONS = ("neutral", "happy", "sad", "surprised")  # SynthTalk's classes, by index
+
+
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """What the user steers. A condition left as None is dropped (the model's learned null:
+    it picks that attribute itself).
+
+    gaze: main gaze direction (theta, phi) in radians; distance: normalised head-to-camera
+    distance; emotion: class index (``EMOTIONS``); cfg: guidance scale per condition (audio,
+    gaze, distance, emotion; VASA-1 eq. 2); steps: denoising steps per window (50 default, 10
+    fast); sampler: "ddim" or "ddpm"; eta: DDIM noise; seed: the generation's randomness."""
+
+    gaze: tuple[float, float] | None = None
+    distance: float | None = None
+    emotion: int | None = None
+    cfg: tuple[tuple[str, float], ...] = (("audio", 0.5), ("gaze", 1.0))
+    steps: int = 50
+    sampler: str = "ddim"
+    eta: float = 0.0
+    seed: int = 0
+
+    def conditions(self) -> dict[str, np.ndarray]:
+        out = {}
+        if self.gaze is not None:
+            out["gaze"] = np.asarray([self.gaze], np.float32)
+        if self.distance is not None:
+            out["distance"] = np.asarray([self.distance], np.float32)
+        if self.emotion is not None:
+            out["emotion"] = np.asarray([self.emotion], np.int32)
+        return out
+
+    def scales(self) -> tuple[tuple[str, float], ...]:
+        """Guidance scales of the conditions that are given (a dropped one cannot guide)."""
+        given = {"audio"} | {c for c in ("gaze", "distance", "emotion")
+                             if getattr(self, c) is not None}
+        return tuple(sorted((c, float(s)) for c, s in dict(self.cfg).items()
+                            if s and c in given))
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The encoded portrait: crop (R, R, 3) uint8, V_app (1, D, H, W, C), z_id (1, id_dim)."""
+
+    crop: np.ndarray
+    v_app: jax.Array
+    z_id: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """frames (N, R, R, 3) uint8 (float32 in [-1, 1] with ``float_frames``), motion (N, M)
+    [z_pose, z_dyn], audio (S,) 16 kHz mono; N = ceil(S / 640)."""
+
+    frames: np.ndarray
+    motion: np.ndarray
+    audio: np.ndarray
+
+
+# -- compiled programs -------------------------------------------------------------------------
+# Progress of the running offline program: set by ``generate``, called from inside the scan.
+_progress_hook: list[Callable[[int, int], None] | None] = [None]
+
+
+def _report_progress(done, total) -> None:
+    hook = _progress_hook[0]
+    if hook is not None:
+        hook(int(done), int(total))
+
+
+def _decode(latent: FaceLatentModel, v_app, z_id, motion, decode_batch: int):
+    """motion (W, 7 + dyn) -> frames (W, R, R, 3) in [-1, 1], ``decode_batch`` at a time."""
+    def dec(m):
+        n = m.shape[0]
+        return latent.decode(jnp.broadcast_to(v_app, (n,) + v_app.shape[1:]),
+                             jnp.broadcast_to(z_id, (n,) + z_id.shape[1:]),
+                             m[:, :POSE_DIM], m[:, POSE_DIM:])
+    if not decode_batch or decode_batch >= motion.shape[0]:
+        return dec(motion)
+    return jax.lax.map(lambda m: dec(m[None])[0], motion, batch_size=decode_batch)
+
+
+def _window(graphdefs, states, carry, audio_window, frames_ok, v_app, z_id, conditions, key,
+            schedule, opts):
+    motion_model = nnx.merge(graphdefs[0], states[0])
+    latent = nnx.merge(graphdefs[1], states[1])
+    steps, sampler, eta, scales, decode_batch, float_frames = opts
+    carry, motion = window_step(motion_model, carry, audio_window, frames_ok, conditions, key,
+                                schedule, num_steps=steps, sampler=sampler, eta=eta,
+                                cfg_scales=dict(scales))
+    frames = _decode(latent, v_app, z_id, motion[0], decode_batch)
+    return carry, (motion[0], frames if float_frames else to_uint8(frames))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs", "opts"))
+def _offline_program(graphdefs, states, audio_w, valid_w, v_app, z_id, conditions, key,
+                     schedule, *, opts):
+    """All windows in one program: (n_win, 1, W, A) features -> motion (n_win, W, M), frames
+    (n_win, W, R, R, 3)."""
+    n_win = audio_w.shape[0]
+
+    def body(carry, xs):
+        carry, out = _window(graphdefs, states, carry, xs[0], xs[1], v_app, z_id, conditions,
+                             key, schedule, opts)
+        jax.debug.callback(_report_progress, carry.index, n_win, ordered=True)
+        return carry, out
+
+    motion_model = nnx.merge(graphdefs[0], states[0])
+    _, out = jax.lax.scan(body, init_carry(motion_model, 1), (audio_w, valid_w))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs", "opts"))
+def _stream_program(graphdefs, states, carry, audio_window, frames_ok, v_app, z_id, conditions,
+                    key, schedule, *, opts):
+    """One window: carry, (1, W, A) features, (W,) validity -> carry, motion (W, M), frames."""
+    return _window(graphdefs, states, carry, audio_window, frames_ok, v_app, z_id, conditions,
+                   key, schedule, opts)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode_program(graphdef, state, image):
+    latent = nnx.merge(graphdef, state)
+    return latent.encode_appearance(to_unit(image))
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+class TalkingFacePipeline:
+    """Photo + speech -> talking-face frames with the two trained stages.
+
+    Args:
+      latent_model: stage 1 (``FaceLatentModel``), resolution R.
+      motion_model: stage 2 (``MotionDiT``) trained on this stage 1's latents (motion width
+        7 + dyn_dim).
+      schedule: stage 2's training noise schedule.
+      frontend: stage 2's audio frontend.
+      framing: where the face sits in a training frame (crop geometry).
+      max_seconds: the offline length limit (streaming has none).
+      decode_batch: frames decoded at once inside a window (0: the whole window).
+      defaults: default ``Controls`` (stage 2's ``sample`` settings).
+    """
+
+    def __init__(self, latent_model: FaceLatentModel, motion_model: MotionDiT, *,
+                 schedule: diffusion.Schedule, frontend: AudioFrontend,
+                 framing: Framing = SYNTHTALK_FRAMING, max_seconds: float = 300.0,
+                 decode_batch: int = 0, defaults: Controls | None = None):
+        if motion_model.motion_dim != POSE_DIM + latent_model.dyn_dim:
+            raise ValueError(
+                f"The motion model generates {motion_model.motion_dim}-d motion but stage 1 "
+                f"decodes {POSE_DIM} + {latent_model.dyn_dim} = "
+                f"{POSE_DIM + latent_model.dyn_dim}-d [z_pose, z_dyn]. Train stage 2 on this "
+                f"stage-1 checkpoint's latents (`vasa-jax data build latents`, then "
+                f"`vasa-jax train motion --variant synthtalk_latents`), not on ground-truth "
+                f"motion.")
+        if frontend.dim != motion_model.audio_dim:
+            raise ValueError(f"The audio frontend gives {frontend.dim} features per frame but "
+                             f"the motion model expects {motion_model.audio_dim}.")
+        self.resolution = latent_model.resolution
+        self.window, self.context = motion_model.window, motion_model.context
+        self.schedule, self.frontend, self.framing = schedule, frontend, framing
+        self.max_seconds, self.decode_batch = max_seconds, decode_batch
+        self.defaults = defaults or Controls()
+        g_motion, s_motion = nnx.split(motion_model)
+        g_latent, s_latent = nnx.split(latent_model)
+        self._graphdefs = (g_motion, g_latent)
+        self._states = (s_motion, s_latent)
+
+    @classmethod
+    def from_checkpoints(cls, latent_ckpt: str, motion_ckpt: str, **kwargs
+                         ) -> "TalkingFacePipeline":
+        """Both stages from their training workdirs (local paths or gs://), EMA weights of the
+        latest checkpoints; the frontend, schedule and default controls from stage 2's
+        config."""
+        from vasa_jax.train.motion_task import frontend_from_config
+        from vasa_jax.train.restore import host_model, load_trainer
+
+        latent_trainer, _ = load_trainer(latent_ckpt)
+        motion_trainer, _ = load_trainer(motion_ckpt)
+        for trainer, stage, want in ((latent_trainer, latent_ckpt, "latent"),
+                                     (motion_trainer, motion_ckpt, "motion")):
+            if trainer.config.task != want:
+                raise ValueError(f"{stage} holds a {trainer.config.task!r} checkpoint, not a "
+                                 f"{want!r} one; pass the stage-{1 if want == 'latent' else 2} "
+                                 f"workdir there.")
+        mc = motion_trainer.config
+        defaults = Controls(cfg=tuple(sorted(dict(mc.sample.cfg).items())),
+                            steps=int(mc.sample.steps), sampler=str(mc.sample.sampler))
+        kwargs.setdefault("defaults", defaults)
+        return cls(host_model(latent_trainer), host_model(motion_trainer),
+                   schedule=motion_trainer.task.schedule, frontend=frontend_from_config(mc),
+                   **kwargs)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def prepare_source(self, image: np.ndarray | str | os.PathLike, *,
+                       face_index: int | None = None, detect: bool = True) -> Source:
+        """Photo (path or (H, W, 3) uint8) -> the encoded face. ``detect=False`` takes an image
+        already in the training framing (it is only resized)."""
+        import cv2
+
+        from vasa_jax.media.image_io import load_image
+
+        name = "the photo"
+        if not isinstance(image, np.ndarray):
+            name = repr(os.fspath(image))
+            image = load_image(image)
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise InputError(f"The photo must be (H, W, 3) uint8 RGB, got {image.shape} "
+                             f"{image.dtype}.")
+        r = self.resolution
+        if detect:
+            crop, _ = crop_face(image, r, face_index=face_index, framing=self.framing,
+                                name=name)
+        else:
+            crop = image if image.shape[:2] == (r, r) else cv2.resize(
+                image, (r, r), interpolation=cv2.INTER_AREA)
+        v_app, z_id = _encode_program(self._graphdefs[1], self._states[1], crop[None])
+        return Source(np.asarray(crop), v_app, z_id)
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        """(S,) 16 kHz mono -> (ceil(S / 640), A) frontend features (zero-padded to frames)."""
+        n = -(-audio.shape[0] // SAMPLES_PER_FRAME)
+        padded = np.pad(audio, (0, n * SAMPLES_PER_FRAME - audio.shape[0]))
+        return self.frontend(padded)
+
+    def _opts(self, c: Controls, float_frames: bool):
+        if c.sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"Unknown sampler {c.sampler!r}; use 'ddim' or 'ddpm'.")
+        if c.emotion is not None and not 0 <= c.emotion < len(EMOTIONS):
+            raise ValueError(f"emotion must be 0..{len(EMOTIONS) - 1} ({', '.join(EMOTIONS)}).")
+        return (int(c.steps), c.sampler, float(c.eta), c.scales(), int(self.decode_batch),
+                bool(float_frames))
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, source: Source, audio: np.ndarray, controls: Controls | None = None, *,
+                 progress: Callable[[int, int], None] | None = None,
+                 float_frames: bool = False) -> Generated:
+        """Offline: the whole audio in one compiled scan. ``progress(done, total)`` is called
+        after each window (from inside the program)."""
+        c = controls or self.defaults
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise InputError(f"audio must be non-empty (S,) 16 kHz mono, got {audio.shape}.")
+        if audio.size / (SAMPLES_PER_FRAME * FPS) > self.max_seconds:
+            raise InputError(f"The audio is {audio.size / (SAMPLES_PER_FRAME * FPS):.1f} s, over "
+                             f"the offline limit of {self.max_seconds:.0f} s; cut it, raise the "
+                             f"limit, or stream it (no limit).")
+        feats = self.features(audio)
+        n = feats.shape[0]
+        audio_w, valid_w = split_windows(jnp.asarray(feats)[None], self.window)
+        _progress_hook[0] = progress
+        try:
+            motion, frames = _offline_program(
+                self._graphdefs, self._states, audio_w, valid_w, source.v_app, source.z_id,
+                c.conditions(), jax.random.PRNGKey(c.seed), self.schedule,
+                opts=self._opts(c, float_frames))
+            motion, frames = jax.device_get((motion, frames))
+        finally:
+            _progress_hook[0] = None
+        return Generated(frames.reshape((-1,) + frames.shape[2:])[:n],
+                         motion.reshape(-1, motion.shape[-1])[:n], audio)
+
+    def stream(self, source: Source, audio_chunks: Iterable[np.ndarray],
+               controls: Controls | None = None, *, float_frames: bool = False
+               ) -> Iterator[np.ndarray]:
+        """Streaming: ``audio_chunks`` (16 kHz mono float32 pieces of any sizes) in, frames out
+        window by window ((W, R, R, 3), the last one trimmed) as soon as each window's audio
+        and the frontend's look-ahead have arrived. No length limit; same output as
+        ``generate`` for the same seed."""
+        c = controls or self.defaults
+        opts = self._opts(c, float_frames)
+        w, ctx = self.window, self.frontend.context_frames
+        conditions, key = c.conditions(), jax.random.PRNGKey(c.seed)
+        motion_model = nnx.merge(self._graphdefs[0], self._states[0])
+        carry: WindowCarry = init_carry(motion_model, 1)
+        buffer = np.zeros(0, np.float32)  # received audio not yet fully consumed
+        offset = 0  # absolute frame index of buffer[0]
+        start = 0  # first frame of the next window
+
+        def run(feats: np.ndarray, valid: int):
+            nonlocal carry
+            a = np.zeros((1, w, feats.shape[-1]), np.float32)
+            a[0, :valid] = feats[:valid]
+            carry, (_, frames) = _stream_program(
+                self._graphdefs, self._states, carry, jnp.asarray(a), jnp.arange(w) < valid,
+                source.v_app, source.z_id, conditions, key, self.schedule, opts=opts)
+            return np.asarray(frames[:valid])
+
+        for chunk in audio_chunks:
+            buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
+            while (offset + buffer.size // SAMPLES_PER_FRAME) >= start + w + ctx:
+                feats = features_for_frames(self.frontend, buffer, start - offset,
+                                            start + w - offset)
+                yield run(feats, w)
+                start += w
+                drop = max(0, start - ctx - offset)  # keep the look-behind of the next window
+                buffer, offset = buffer[drop * SAMPLES_PER_FRAME:], offset + drop
+        total = offset + -(-buffer.size // SAMPLES_PER_FRAME)  # frames of the whole stream
+        buffer = np.pad(buffer, (0, (total - offset) * SAMPLES_PER_FRAME - buffer.size))
+        while start < total:
+            valid = min(w, total - start)
+            feats = features_for_frames(self.frontend, buffer, start - offset, start + w - offset)
+            yield run(feats, valid)
+            start += w
