@@ -23,3 +23,48 @@ def synthtalk_tiny(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     Synthtalk(config=TINY, data_dir=data_dir, workers=1).download_and_prepare()
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def stage1_workdir(synthtalk_tiny, tmp_path_factory) -> str:
+    """A workdir with a stage-1 (``test`` variant) checkpoint after 2 steps on res64_tiny."""
+    from configs import latent as latent_configs
+    from vasa_jax.train.latent_task import LatentTask
+    from vasa_jax.train.trainer import Trainer
+
+    c = latent_configs.get_config("test")
+    c.data.data_dir = synthtalk_tiny
+    c.train.steps = 2
+    c.train.async_checkpoints = False
+    c.train.eval_every = 0
+    wd = str(tmp_path_factory.mktemp("stage1"))
+    Trainer(LatentTask(c), c, wd).fit()
+    return wd
+
+
+@pytest.fixture(scope="session")
+def generation_workdirs(stage1_workdir, synthtalk_tiny, tmp_path_factory) -> tuple[str, str]:
+    """(stage-1 workdir, stage-2 workdir): stage 2 (``test`` variant, 2 steps) trained on the
+    latents of that stage 1 over res64_tiny: the smallest real pair generation can load."""
+    from configs import motion as motion_configs
+    from data_pipeline.latents import latents_dataset_builder as lb
+    from vasa_jax.train.motion_task import MotionTask
+    from vasa_jax.train.trainer import Trainer
+
+    out = str(tmp_path_factory.mktemp("latents"))
+    c = motion_configs.get_config("test")
+    name = lb.build_latents("synthtalk", "res64_tiny", stage1_workdir, data_dir=out,
+                            source_data_dir=synthtalk_tiny, audio=dict(c.audio))
+    c.data.dataset, c.data.config, c.data.data_dir, c.data.flip = "latents", name, out, False
+    c.model.motion_dim = 7 + latent_dyn_dim()
+    c.eval.train_eval_clips = 0
+    c.train.steps, c.train.async_checkpoints = 2, False
+    wd = str(tmp_path_factory.mktemp("stage2"))
+    Trainer(MotionTask(c), c, wd).fit()
+    return stage1_workdir, wd
+
+
+def latent_dyn_dim() -> int:
+    from configs import latent as latent_configs
+
+    return latent_configs.get_config("test").model.dyn_dim

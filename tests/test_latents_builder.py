@@ -12,7 +12,6 @@ from data_pipeline.loader import Augment, DatasetNotFoundError, decode_frame, op
 from vasa_jax.latent.model import to_unit
 from vasa_jax.latent.warp import POSE_FIELDS
 from vasa_jax.motion.audio import make_frontend
-from vasa_jax.train.latent_task import LatentTask
 from vasa_jax.train.motion_task import MotionTask
 from vasa_jax.train.restore import host_model, load_trainer
 from vasa_jax.train.trainer import Trainer
@@ -21,16 +20,8 @@ SPLITS = ("train", "validation", "test")
 
 
 @pytest.fixture(scope="module")
-def stage1(synthtalk_tiny, tmp_path_factory) -> str:
-    """A workdir with a stage-1 (``test`` variant) checkpoint after 2 steps on res64_tiny."""
-    c = latent_configs.get_config("test")
-    c.data.data_dir = synthtalk_tiny
-    c.train.steps = 2
-    c.train.async_checkpoints = False
-    c.train.eval_every = 0
-    wd = str(tmp_path_factory.mktemp("stage1"))
-    Trainer(LatentTask(c), c, wd).fit()
-    return wd
+def stage1(stage1_workdir) -> str:
+    return stage1_workdir
 
 
 def _motion_config(data_dir: str, name: str, dyn_dim: int):

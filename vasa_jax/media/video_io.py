@@ -38,9 +38,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | None = None, *,
-              fps: int = FPS, sample_rate: int = SAMPLE_RATE, crf: int = 20) -> None:
+              fps: int = FPS, sample_rate: int = SAMPLE_RATE, crf: int = 20,
+              metadata: dict[str, str] | None = None) -> None:
     """Write ``frames`` (N, H, W, 3) uint8 RGB and optional mono ``audio`` (S,) float in [-1, 1]
-    as an H.264 + AAC mp4. H and W must be even (H.264 4:2:0)."""
+    as an H.264 + AAC mp4. H and W must be even (H.264 4:2:0). ``metadata``: container tags
+    (any keys; read back by ``read_metadata``)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}.")
@@ -48,7 +50,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | N
     if n == 0 or h % 2 or w % 2:
         raise ValueError(f"Need at least one frame of even height and width, got {frames.shape}.")
     with atomic_path(path, ".mp4") as tmp:
-        with av.open(tmp, mode="w", format="mp4") as out:
+        options = {"movflags": "use_metadata_tags"} if metadata else {}
+        with av.open(tmp, mode="w", format="mp4", options=options) as out:
+            out.metadata.update(metadata or {})
             vs = out.add_stream("libx264", rate=fps)
             vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
             vs.options = {"crf": str(crf), "preset": "medium"}
@@ -93,3 +97,9 @@ def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, fl
             if chunks:
                 audio = np.concatenate([c.mean(axis=0) if c.ndim == 2 else c for c in chunks])
     return np.stack(frames), audio, fps, rate
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The container tags of a media file."""
+    with av.open(os.fspath(path)) as inp:
+        return dict(inp.metadata)

@@ -1,0 +1,1 @@
+"""Safety measures for generated media: provenance manifests and watermarks."""
