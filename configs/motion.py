@@ -148,9 +148,25 @@ def _synthtalk_latents(c):
     c.eval.train_eval_clips = 0  # the SynthTalk motion metrics need the 12-d ground truth
 
 
+def _test_latents(c):
+    """``test`` on the latents of a latent.py:test stage 1 (tests and the main job's test)."""
+    _test(c)
+    c.data.dataset, c.data.config, c.data.flip = "latents", "", False
+    c.model.motion_dim = 7 + 6  # z_pose + z_dyn (dyn_dim 6 of latent.py:test)
+    c.eval.train_eval_clips = 0
+
+
+def _quickstart_latents(c):
+    """``synthtalk_latents`` shortened to fit the README's main job."""
+    _synthtalk_latents(c)
+    c.train.steps = 2500
+    c.train.eval_every = c.train.checkpoint_every = 2500
+
+
 def _paper(c):
     pass  # the base values are the paper's (8 x 512 x 8 heads, W=50, K=10)
 
 
 VARIANTS = {"test": _test, "synthtalk": _synthtalk, "synthtalk_latents": _synthtalk_latents,
+            "quickstart_latents": _quickstart_latents, "test_latents": _test_latents,
             "paper": _paper}

@@ -52,19 +52,12 @@ def generation_workdirs(stage1_workdir, synthtalk_tiny, tmp_path_factory) -> tup
     from vasa_jax.train.trainer import Trainer
 
     out = str(tmp_path_factory.mktemp("latents"))
-    c = motion_configs.get_config("test")
+    c = motion_configs.get_config("test_latents")
     name = lb.build_latents("synthtalk", "res64_tiny", stage1_workdir, data_dir=out,
                             source_data_dir=synthtalk_tiny, audio=dict(c.audio))
-    c.data.dataset, c.data.config, c.data.data_dir, c.data.flip = "latents", name, out, False
-    c.model.motion_dim = 7 + latent_dyn_dim()
-    c.eval.train_eval_clips = 0
+    c.data.config, c.data.data_dir = name, out
     c.train.steps, c.train.async_checkpoints = 2, False
     wd = str(tmp_path_factory.mktemp("stage2"))
     Trainer(MotionTask(c), c, wd).fit()
     return stage1_workdir, wd
 
-
-def latent_dyn_dim() -> int:
-    from configs import latent as latent_configs
-
-    return latent_configs.get_config("test").model.dyn_dim

@@ -147,3 +147,11 @@ def test_synthtalk_latents_config():
     assert (c.data.dataset, c.data.config, c.data.flip) == ("latents", "", False)
     assert c.model.motion_dim == 7 + latent_configs.get_config("synthtalk64").model.dyn_dim
     assert c.eval.train_eval_clips == 0 and c.model.audio_dim == 160
+
+
+@pytest.mark.parametrize("motion, latent", [("quickstart_latents", "quickstart"),
+                                            ("test_latents", "test")])
+def test_latents_variants_match_their_stage1(motion, latent):
+    c = motion_configs.get_config(motion)
+    assert (c.data.dataset, c.data.flip) == ("latents", False)
+    assert c.model.motion_dim == 7 + latent_configs.get_config(latent).model.dyn_dim

@@ -9,6 +9,8 @@
   vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
   vasa-jax eval latent --workdir DIR             self/cross-reenactment report for stage 1
   vasa-jax eval motion --workdir DIR             lip-sync / head-motion / gaze table for stage 2
+  vasa-jax generate --image P --audio A --out V  a talking-face mp4 from a photo and speech
+  vasa-jax verify VIDEO                          watermark, C2PA manifest and safety tags
 
 Multi-host training goes through ``launch/train.py`` (see the README).
 """
@@ -19,6 +21,8 @@ import argparse
 import os
 import sys
 import time
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only a TFDS/clu dependency
 
@@ -232,26 +236,149 @@ def eval_motion(args) -> tuple[str, str]:
     return md, js
 
 
-def quickstart(args) -> None:
+def quickstart(args) -> dict:
     """The main job on the embedded dataset: build SynthTalk and show its test split, train
-    stage 2 on its ground-truth motion, and print the motion evaluation on held-out people."""
+    stage 1, turn SynthTalk into its motion latents, train stage 2 on them, and make a held-out
+    person speak held-out audio (an mp4, and a side-by-side mp4 with the ground truth)."""
+    from vasa_jax.demo import run_demo
+    from vasa_jax.safety.publish import verify_video
+
+    t0 = time.time()
     data_dir = args.data_dir or os.path.join(args.workdir, "tensorflow_datasets")
     build_args = argparse.Namespace(
         config=args.synthtalk_config, resolution=None, size=None, num_identities=None,
         clips_per_identity=None, num_frames=None, seed=None, encoding=None,
         data_dir=data_dir, workers=args.workers, overwrite=False)
     name = build_synthtalk(build_args)
-    show_args = argparse.Namespace(dataset="synthtalk", config=name, split="test",
-                                   data_dir=data_dir, out=os.path.join(args.workdir, "show"),
-                                   num_clips=6, seed=0)
-    show_dataset(show_args)
+    show_dataset(argparse.Namespace(dataset="synthtalk", config=name, split="test",
+                                    data_dir=data_dir, out=os.path.join(args.workdir, "show"),
+                                    num_clips=6, seed=0))
+    latent_dir = os.path.join(args.workdir, "latent")
+    train_stage(argparse.Namespace(stage="latent", variant=args.latent_variant,
+                                   data_dir=data_dir, workdir=latent_dir,
+                                   set=[f"data.config={name}"] + list(args.set_latent)))
+    from data_pipeline.latents.latents_dataset_builder import build_latents
+
+    motion_config = stage_config("motion", args.motion_variant, data_dir, args.set_motion)
+    print(f"Encoding SynthTalk {name} into stage-1 latents")
+    latents = build_latents("synthtalk", name, latent_dir, data_dir=data_dir,
+                            source_data_dir=data_dir, audio=dict(motion_config.audio))
     motion_dir = os.path.join(args.workdir, "motion")
-    overrides = [f"data.config={name}"] + list(args.set or [])
-    train_motion(argparse.Namespace(variant=args.motion_variant, data_dir=data_dir,
-                                    set=overrides, workdir=motion_dir))
-    eval_motion(argparse.Namespace(workdir=motion_dir, data_dir=data_dir, split="test",
-                                   max_clips=0, steps=50, cfg_audio="0,0.5,1", seed=0,
-                                   out=os.path.join(args.workdir, "eval")))
+    train_stage(argparse.Namespace(stage="motion", variant=args.motion_variant,
+                                   data_dir=data_dir, workdir=motion_dir,
+                                   set=[f"data.config={latents}"] + list(args.set_motion)))
+    print("Generating a held-out identity speaking held-out audio")
+    result = run_demo(latent_dir, motion_dir, name, data_dir, os.path.join(args.workdir, "demo"))
+    print(f"Generated ({result['frames']} frames at {result['resolution']} px, identity "
+          f"{result['identity']}): {result['generated']}\n"
+          f"Ground truth | generated: {result['side_by_side']}")
+    print("\n".join(verify_video(result["generated"]).lines()))
+    print(f"Main job done in {(time.time() - t0) / 60:.1f} min.")
+    return result
+
+
+def _controls(args, defaults):
+    from vasa_jax.pipeline import EMOTIONS, Controls
+
+    cfg = dict(defaults.cfg)
+    for item in args.cfg:
+        name, _, value = item.partition("=")
+        try:
+            cfg[name] = float(value)
+        except ValueError:
+            raise UserError(f"--cfg {item!r}: expected CONDITION=SCALE, e.g. audio=0.5.") from None
+        if name not in ("audio", "gaze", "distance", "emotion"):
+            raise UserError(f"--cfg {item!r}: conditions are audio, gaze, distance, emotion.")
+    emotion = args.emotion
+    if emotion is not None:
+        names = {name: i for i, name in enumerate(EMOTIONS)} | {str(i): i for i in
+                                                                range(len(EMOTIONS))}
+        if emotion not in names:
+            raise UserError(f"--emotion {emotion!r}: use one of {', '.join(EMOTIONS)} (or "
+                            f"0-{len(EMOTIONS) - 1}).")
+        emotion = names[emotion]
+    steps = 10 if args.fast else (args.steps or defaults.steps)
+    return Controls(gaze=tuple(args.gaze) if args.gaze else None, distance=args.distance,
+                    emotion=emotion, cfg=tuple(sorted(cfg.items())), steps=steps,
+                    sampler=args.sampler or defaults.sampler, seed=args.seed)
+
+
+def generate(args) -> str:
+    """Photo + speech -> a watermarked, C2PA-signed mp4 with sound (nothing written on error)."""
+    from tqdm import tqdm
+
+    from vasa_jax.constants import SAMPLES_PER_FRAME
+    from vasa_jax.media.audio import load_speech
+    from vasa_jax.media.errors import InputError
+    from vasa_jax.pipeline import TalkingFacePipeline
+    from vasa_jax.safety import provenance
+    from vasa_jax.safety.publish import write_marked_video
+
+    if not args.out.lower().endswith(".mp4"):
+        raise UserError(f"--out {args.out!r}: the output is an mp4 file; end the name in .mp4.")
+    identity = None
+    try:
+        if bool(args.c2pa_cert) != bool(args.c2pa_key):
+            raise UserError("--c2pa-cert and --c2pa-key go together (certificate chain PEM and "
+                            "its private key PEM).")
+        if args.c2pa_cert and not args.no_c2pa:
+            identity = provenance.SigningIdentity.from_files(args.c2pa_cert, args.c2pa_key)
+        audio = load_speech(args.audio, max_seconds=None if args.stream else args.max_seconds)
+        pipe = TalkingFacePipeline.from_checkpoints(args.latent_workdir, args.motion_workdir,
+                                                    max_seconds=args.max_seconds)
+        controls = _controls(args, pipe.defaults)
+        source = pipe.prepare_source(args.image, face_index=args.face_index,
+                                     detect=not args.no_detect)
+    except (InputError, provenance.ProvenanceError, FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    frames_total = -(-len(audio) // SAMPLES_PER_FRAME)
+    windows = -(-frames_total // pipe.window)
+    mode = "streaming" if args.stream else "offline"
+    print(f"Generating {frames_total / 25:.1f} s ({frames_total} frames, {windows} windows of "
+          f"{pipe.window}) at {pipe.resolution} px, {controls.steps} steps, {mode}")
+    with tqdm(total=windows, unit="window") as bar:
+        if args.stream:
+            chunk = 16000 // 5  # 200 ms pieces, as a live source would deliver
+            pieces = (audio[i:i + chunk] for i in range(0, len(audio), chunk))
+            frames = []
+            for part in pipe.stream(source, pieces, controls):
+                frames.append(part)
+                bar.update(1)
+            frames = np.concatenate(frames)
+        else:
+            frames = pipe.generate(source, audio, controls,
+                                   progress=lambda d, n: bar.update(d - bar.n)).frames
+    generation = {"model": "vasa_jax", "latent_workdir": args.latent_workdir,
+                  "motion_workdir": args.motion_workdir, "seed": controls.seed,
+                  "steps": controls.steps, "sampler": controls.sampler,
+                  "cfg": dict(controls.cfg), "gaze": controls.gaze,
+                  "distance": controls.distance, "emotion": controls.emotion}
+    from vasa_jax.media.video_io import resize_frames
+
+    size = args.size or max(256, pipe.resolution)
+    try:
+        write_marked_video(args.out, resize_frames(frames, size), audio,
+                           watermark_on=not args.no_watermark,
+                           c2pa_on=not args.no_c2pa, identity=identity, generation=generation)
+    except provenance.ProvenanceError as e:
+        raise UserError(str(e)) from None
+    marks = [m for m, off in (("watermark", args.no_watermark), ("C2PA manifest", args.no_c2pa))
+             if not off]
+    print(f"Wrote {args.out} ({', '.join(marks) or 'NO safety marks: recorded in its tags'}).")
+    return args.out
+
+
+def verify(args) -> int:
+    from vasa_jax.safety.publish import verify_video
+
+    if not os.path.isfile(args.video):
+        raise UserError(f"{args.video!r} does not exist.")
+    try:
+        report = verify_video(args.video)
+    except ValueError as e:
+        raise UserError(f"Cannot read {args.video!r} as a video: {e}") from None
+    print("\n".join(report.lines()))
+    return report
 
 
 def build_latents_cmd(args) -> str:
@@ -291,14 +418,18 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("quickstart", help="the README's main job: build and show SynthTalk, "
-                       "train stage 2, print its evaluation")
+    q = sub.add_parser("quickstart", help="the README's main job: SynthTalk -> stage 1 -> "
+                       "latents -> stage 2 -> a held-out person speaking held-out audio")
     q.add_argument("--workdir", default="runs/quickstart")
     q.add_argument("--data-dir", default=None, help="default: WORKDIR/tensorflow_datasets")
     q.add_argument("--synthtalk-config", default="res64_small")
     q.add_argument("--workers", type=int, default=0)
-    q.add_argument("--motion-variant", default="synthtalk", help="configs/motion.py variant")
-    q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+    q.add_argument("--latent-variant", default="quickstart", help="configs/latent.py variant")
+    q.add_argument("--motion-variant", default="quickstart_latents",
+                   help="configs/motion.py variant (one that trains on latents)")
+    q.add_argument("--set-latent", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a stage-1 config field (repeatable)")
+    q.add_argument("--set-motion", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a stage-2 config field (repeatable)")
     q.set_defaults(func=quickstart)
 
@@ -336,6 +467,48 @@ def parser() -> argparse.ArgumentParser:
     el.add_argument("--frame-stride", type=int, default=1, help="evaluate every n-th frame")
     el.add_argument("--out", default=None, help="default WORKDIR/eval")
     el.set_defaults(func=eval_latent)
+
+    g = sub.add_parser("generate", help="a talking-face mp4 (with sound) from a portrait photo "
+                       "and a speech file; watermarked and C2PA-signed by default")
+    g.add_argument("--image", required=True, help="portrait photo (JPEG, PNG, ...)")
+    g.add_argument("--audio", required=True, help="speech (wav, mp3, m4a, flac; any rate)")
+    g.add_argument("--out", required=True, help="output .mp4")
+    g.add_argument("--latent-workdir", required=True, help="trained stage 1 (local or gs://)")
+    g.add_argument("--motion-workdir", required=True,
+                   help="stage 2 trained on that stage 1's latents (local or gs://)")
+    g.add_argument("--gaze", type=float, nargs=2, metavar=("THETA", "PHI"),
+                   help="main gaze direction in radians (default: the model's choice)")
+    g.add_argument("--distance", type=float, help="head-to-camera distance (normalised)")
+    g.add_argument("--emotion", help="neutral, happy, sad, surprised (or 0-3)")
+    g.add_argument("--cfg", action="append", default=[], metavar="CONDITION=SCALE",
+                   help="guidance scale, e.g. --cfg audio=0.5 --cfg gaze=1 (repeatable)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
+    g.add_argument("--fast", action="store_true", help="10 denoising steps")
+    g.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--face-index", type=int, default=None,
+                   help="which face when the photo has several (0 = leftmost)")
+    g.add_argument("--no-detect", action="store_true",
+                   help="the photo is already a training-framed face crop")
+    g.add_argument("--stream", action="store_true",
+                   help="generate window by window as audio arrives (no length limit)")
+    g.add_argument("--max-seconds", type=float, default=300.0, help="offline length limit")
+    g.add_argument("--size", type=int, default=None,
+                   help="output side in px (default: the model's, at least 256, where the "
+                        "watermark survives re-encoding and resizing)")
+    g.add_argument("--no-watermark", action="store_true",
+                   help="do not watermark the frames (recorded in the file's tags)")
+    g.add_argument("--no-c2pa", action="store_true",
+                   help="do not sign a C2PA manifest (recorded in the file's tags)")
+    g.add_argument("--c2pa-cert", help="your signing certificate chain (PEM; default: a local "
+                   "development certificate)")
+    g.add_argument("--c2pa-key", help="the private key of --c2pa-cert (PEM)")
+    g.set_defaults(func=generate)
+
+    v = sub.add_parser("verify", help="report a video's watermark, C2PA manifest and safety "
+                       "tags")
+    v.add_argument("video")
+    v.set_defaults(func=verify)
 
     data = sub.add_parser("data", help="build and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)

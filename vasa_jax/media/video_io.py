@@ -37,6 +37,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
             os.remove(tmp)
 
 
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size * W / H, 3) (bicubic up, area-averaged down)."""
+    import cv2
+
+    n, h, w, _ = frames.shape
+    if h == size:
+        return frames
+    width = int(round(size * w / h))
+    interp = cv2.INTER_CUBIC if size > h else cv2.INTER_AREA
+    return np.stack([cv2.resize(f, (width, size), interpolation=interp) for f in frames])
+
+
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | None = None, *,
               fps: int = FPS, sample_rate: int = SAMPLE_RATE, crf: int = 20,
               metadata: dict[str, str] | None = None) -> None:
