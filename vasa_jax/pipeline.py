@@ -8,8 +8,8 @@
 
 Offline generation (``generate``) is ONE jit-compiled program: a ``lax.scan`` of the window
 step over all windows (the last one padded, the output trimmed). Streaming (``stream``) runs the
-same window step, compiled on its own, as soon as a window's audio has arrived, and yields its
-frames; for the same seed it gives the offline output.
+same window step (the same scan, one window at a time) as soon as a window's audio has arrived,
+and yields its frames; for the same seed it gives the offline output bit for bit.
 """
 
 from __future__ import annotations
@@ -128,11 +128,11 @@ def _window(graphdefs, states, carry, audio_window, frames_ok, v_app, z_id, cond
     return carry, (motion[0], frames if float_frames else to_uint8(frames))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdefs", "opts"))
-def _offline_program(graphdefs, states, audio_w, valid_w, v_app, z_id, conditions, key,
-                     schedule, *, opts):
-    """All windows in one program: (n_win, 1, W, A) features -> motion (n_win, W, M), frames
-    (n_win, W, R, R, 3)."""
+def _scan_windows(graphdefs, states, carry, audio_w, valid_w, v_app, z_id, conditions, key,
+                  schedule, opts):
+    """The window step scanned over (n_win, 1, W, A) features: -> carry, (motion (n_win, W, M),
+    frames (n_win, W, R, R, 3)). Offline and streaming both run this scan (streaming with one
+    window at a time), so XLA compiles the same loop body and the outputs agree bit for bit."""
     n_win = audio_w.shape[0]
 
     def body(carry, xs):
@@ -141,17 +141,26 @@ def _offline_program(graphdefs, states, audio_w, valid_w, v_app, z_id, condition
         jax.debug.callback(_report_progress, carry.index, n_win, ordered=True)
         return carry, out
 
-    motion_model = nnx.merge(graphdefs[0], states[0])
-    _, out = jax.lax.scan(body, init_carry(motion_model, 1), (audio_w, valid_w))
-    return out
+    return jax.lax.scan(body, carry, (audio_w, valid_w))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs", "opts"))
+def _offline_program(graphdefs, states, audio_w, valid_w, v_app, z_id, conditions, key,
+                     schedule, *, opts):
+    """All windows in one program."""
+    carry = init_carry(nnx.merge(graphdefs[0], states[0]), 1)
+    return _scan_windows(graphdefs, states, carry, audio_w, valid_w, v_app, z_id, conditions,
+                         key, schedule, opts)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdefs", "opts"))
 def _stream_program(graphdefs, states, carry, audio_window, frames_ok, v_app, z_id, conditions,
                     key, schedule, *, opts):
-    """One window: carry, (1, W, A) features, (W,) validity -> carry, motion (W, M), frames."""
-    return _window(graphdefs, states, carry, audio_window, frames_ok, v_app, z_id, conditions,
-                   key, schedule, opts)
+    """One window: carry, (1, W, A) features, (W,) validity -> carry, (motion (W, M), frames)."""
+    carry, (motion, frames) = _scan_windows(graphdefs, states, carry, audio_window[None],
+                                            frames_ok[None], v_app, z_id, conditions, key,
+                                            schedule, opts)
+    return carry, (motion[0], frames[0])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -253,10 +262,13 @@ class TalkingFacePipeline:
         return Source(np.asarray(crop), v_app, z_id)
 
     def features(self, audio: np.ndarray) -> np.ndarray:
-        """(S,) 16 kHz mono -> (ceil(S / 640), A) frontend features (zero-padded to frames)."""
+        """(S,) 16 kHz mono -> (ceil(S / 640), A) frontend features, computed window by window
+        from each window's audio plus the frontend's context, exactly as streaming does."""
         n = -(-audio.shape[0] // SAMPLES_PER_FRAME)
         padded = np.pad(audio, (0, n * SAMPLES_PER_FRAME - audio.shape[0]))
-        return self.frontend(padded)
+        w = self.window
+        return np.concatenate([features_for_frames(self.frontend, padded, s, s + w)
+                               for s in range(0, n, w)])[:n]
 
     def _opts(self, c: Controls, float_frames: bool):
         if c.sampler not in ("ddim", "ddpm"):
@@ -300,7 +312,7 @@ class TalkingFacePipeline:
                ) -> Iterator[np.ndarray]:
         """Streaming: ``audio_chunks`` (16 kHz mono float32 pieces of any sizes) in, frames out
         window by window ((W, R, R, 3), the last one trimmed) as soon as each window's audio
-        and the frontend's look-ahead have arrived. No length limit; same output as
+        and the frontend's look-ahead have arrived. No length limit; the same output as
         ``generate`` for the same seed."""
         c = controls or self.defaults
         opts = self._opts(c, float_frames)
