@@ -31,6 +31,8 @@ INSTALL_REQUIRES = [
     "mediapipe==0.10.14",  # the last release bundling its face models (photo -> face crop)
     "scikit-image>=0.24",  # its LBP face cascade (detector fallback) and the test photos
     "pillow>=10",  # reading portrait photos
+    "c2pa-python>=0.38,<0.39",  # C2PA manifests on generated videos (API checked on 0.38.1)
+    "cryptography>=42",  # the local development signing certificate
 ]
 
 EXTRAS = {
