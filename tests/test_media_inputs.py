@@ -94,11 +94,22 @@ def test_any_rate_and_channels_become_16k_mono(tmp_path):
     spectrum = np.abs(np.fft.rfft(audio[1000:15000]))
     peak_hz = np.argmax(spectrum) * 16000 / len(audio[1000:15000])
     assert abs(peak_hz - 440) < 5 and 0.4 < np.abs(audio).max() < 0.6
-    # m4a (AAC) through the repo's own mp4 writer's audio path
-    from vasa_jax.media.video_io import write_mp4
+    # Compressed formats: mp3 (48 kHz stereo), m4a (AAC), flac; codec delay pads a little.
+    import av
 
-    write_mp4(tmp_path / "v.mp4", np.zeros((25, 16, 16, 3), np.uint8), audio)
-    assert abs(len(decode_audio(tmp_path / "v.mp4")) - 16000) < 2048
+    for name, codec, rate in (("s.mp3", "libmp3lame", 48000), ("s.m4a", "aac", 44100),
+                              ("s.flac", "flac", 22050)):
+        with av.open(str(tmp_path / name), "w") as out:
+            s = out.add_stream(codec, rate=rate)
+            s.layout = "stereo"
+            x = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32) * 0.5
+            frame = av.AudioFrame.from_ndarray(np.stack([x, x]), format="fltp", layout="stereo")
+            frame.sample_rate = rate
+            for p in list(s.encode(frame)) + list(s.encode()):
+                out.mux(p)
+        got = decode_audio(tmp_path / name)
+        assert abs(len(got) - 16000) < 2048, name
+        assert 0.4 < np.abs(got[2000:14000]).max() < 0.6, name
 
 
 def test_speech_errors(tmp_path):
