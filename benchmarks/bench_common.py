@@ -3,6 +3,8 @@ XLA's cost analysis of a compiled function. (Imported by the scripts beside it.)
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import time
 
@@ -41,3 +43,11 @@ def xla_cost(compiled) -> dict[str, float]:
         cost = cost[0]
     return {"flops": float(cost.get("flops", 0.0)),
             "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+def save_json(result: dict, path: str) -> None:
+    """Write a benchmark's figures (creating the folder) and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")

@@ -11,12 +11,13 @@ Prints and writes JSON with:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import tempfile
 import time
+
+from bench_common import save_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -84,10 +85,7 @@ def main():
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

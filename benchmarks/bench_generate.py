@@ -15,10 +15,11 @@ not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
+
+from bench_common import save_json
 
 SIZES = {"test": ("test", "test"), "synthtalk": ("synthtalk64", "synthtalk_latents"),
          "paper": ("paper", "paper")}
@@ -180,10 +181,7 @@ def main():
                      f" s ({row['streaming']['audio_wait_s']:.2f} s of audio + "
                      f"{row['streaming']['compute_s']:.2f} s compute)" if "streaming" in row
                      else ""), flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -30,7 +29,7 @@ import statistics
 import sys
 import time
 
-from bench_common import cpu_model, matmul_peak, xla_cost
+from bench_common import cpu_model, matmul_peak, save_json, xla_cost
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -385,10 +384,7 @@ def main():
         "vasa1_reported": VASA1_REPORTED,
         "total_runtime_s": total_s,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

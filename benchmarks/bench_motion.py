@@ -14,12 +14,11 @@ Prints and writes JSON with:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
-from bench_common import matmul_peak, xla_cost
+from bench_common import matmul_peak, save_json, xla_cost
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -111,10 +110,7 @@ def main():
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "matmul_peak_gflops": peak, **train, "train_step_fraction_of_peak": frac,
               "sampling_rtf": bench_sampling()}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

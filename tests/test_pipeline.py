@@ -12,7 +12,6 @@ from configs import motion as motion_configs
 from data_pipeline.synthtalk.generate import generate_clip
 from vasa_jax.media.errors import InputError
 from vasa_jax.motion import diffusion
-from vasa_jax.motion.generate import init_carry, window_step
 from vasa_jax.pipeline import Controls, TalkingFacePipeline
 from vasa_jax.train.motion_task import frontend_from_config
 
