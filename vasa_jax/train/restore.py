@@ -7,13 +7,15 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 from flax import nnx
 
 from vasa_jax.checkpoint import Checkpointer
 
 
 def load_trainer(workdir: str, *, step: int | None = None, mesh_shape=(-1, 1, 1)):
-    """A ``Trainer`` whose state is the checkpoint's, on this host's devices.
+    """A ``Trainer`` whose state is the checkpoint's, on this host's devices. ``workdir`` is a
+    local path or any path etils/orbax open (e.g. gs://bucket/run).
 
     Returns (trainer, step). Raises FileNotFoundError with the fix if there is no checkpoint.
     """
@@ -21,7 +23,8 @@ def load_trainer(workdir: str, *, step: int | None = None, mesh_shape=(-1, 1, 1)
     from vasa_jax.train.trainer import Trainer
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    ckpt = Checkpointer(ckpt_dir, use_async=False, create=False) if os.path.isdir(ckpt_dir) else None
+    exists = epath.Path(ckpt_dir).is_dir()
+    ckpt = Checkpointer(ckpt_dir, use_async=False, create=False) if exists else None
     if ckpt is None or ckpt.latest_step() is None:
         raise FileNotFoundError(f"No checkpoint under {ckpt_dir}. Train first, e.g. "
                                 f"`vasa-jax train motion --workdir {workdir}`.")
