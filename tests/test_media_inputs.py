@@ -136,3 +136,20 @@ def test_speech_errors(tmp_path):
     write_mp4(tmp_path / "mute.mp4", np.zeros((5, 16, 16, 3), np.uint8))
     with pytest.raises(InputError, match="no audio stream"):
         load_speech(tmp_path / "mute.mp4")
+
+
+def test_tilted_head_is_levelled_before_cropping():
+    import cv2
+
+    from vasa_jax.media.face_crop import crop_to_framing
+
+    photo = skimage.data.astronaut()
+    upright, box = crop_face(photo, 128)
+    assert box.eyes is not None and abs(box.roll_degrees) < 10
+    m = cv2.getRotationMatrix2D(box.center, -20, 1.0)  # tilt the head 20 degrees
+    tilted = cv2.warpAffine(photo, m, photo.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+    levelled, tilted_box = crop_face(tilted, 128)
+    assert abs(tilted_box.roll_degrees - box.roll_degrees + 20) < 6  # the detector sees it
+    plain = crop_to_framing(tilted, tilted_box, 128)  # the same crop without levelling
+    err = lambda x: np.abs(x.astype(float) - upright).mean()  # noqa: E731
+    assert err(levelled) < 0.6 * err(plain)

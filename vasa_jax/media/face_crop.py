@@ -20,17 +20,29 @@ from vasa_jax.media.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class FaceBox:
-    """A detected face in pixels of the photo: top-left (x, y), width, height, and score."""
+    """A detected face in pixels of the photo: top-left (x, y), width, height, score, and the
+    eye centres ((x, y) of the eye on the image's left, then right) when the detector gives
+    them."""
 
     x: float
     y: float
     width: float
     height: float
     score: float
+    eyes: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     @property
     def center(self) -> tuple[float, float]:
         return self.x + self.width / 2, self.y + self.height / 2
+
+    @property
+    def roll_degrees(self) -> float:
+        """Angle of the eye line against the horizontal (0 without eyes), counter-clockwise
+        positive in image coordinates (y down)."""
+        if self.eyes is None:
+            return 0.0
+        (x0, y0), (x1, y1) = self.eyes
+        return float(np.degrees(np.arctan2(-(y1 - y0), x1 - x0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +74,11 @@ def _detect_mediapipe(image: np.ndarray, min_score: float) -> list[FaceBox]:
         boxes = []
         for d in result.detections or []:
             b = d.location_data.relative_bounding_box
+            k = d.location_data.relative_keypoints  # 0, 1: the two eyes
+            eyes = sorted([(k[0].x * w, k[0].y * h), (k[1].x * w, k[1].y * h)])
             if d.score[0] >= min_score:
                 boxes.append(FaceBox(b.xmin * w, b.ymin * h, b.width * w, b.height * h,
-                                     float(d.score[0])))
+                                     float(d.score[0]), (eyes[0], eyes[1])))
         if boxes:
             return boxes
     return []
@@ -109,6 +123,18 @@ def detect_faces(image: np.ndarray, *, min_score: float = 0.5, backend: str = "a
     return sorted(boxes, key=lambda b: b.center[0])
 
 
+def level_eyes(image: np.ndarray, box: FaceBox, max_degrees: float = 45.0) -> np.ndarray:
+    """The photo rotated about the face centre so that the eye line is horizontal (the face box
+    keeps its centre and size); unchanged without eye positions or for rolls under 1 degree or
+    over ``max_degrees`` (a misdetection more likely than a head so tilted)."""
+    angle = box.roll_degrees
+    if abs(angle) < 1.0 or abs(angle) > max_degrees:
+        return image
+    m = cv2.getRotationMatrix2D(box.center, -angle, 1.0)
+    return cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), flags=cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def crop_to_framing(image: np.ndarray, box: FaceBox, resolution: int,
                     framing: Framing = SYNTHTALK_FRAMING) -> np.ndarray:
     """The square around ``box`` in which it has ``framing``, resized to (R, R, 3) uint8 (area
@@ -129,8 +155,8 @@ def crop_to_framing(image: np.ndarray, box: FaceBox, resolution: int,
 def crop_face(image: np.ndarray, resolution: int, *, face_index: int | None = None,
               framing: Framing = SYNTHTALK_FRAMING, min_face_px: float | None = None,
               backend: str = "auto", name: str = "the photo") -> tuple[np.ndarray, FaceBox]:
-    """Detect the face and crop it to the training framing: (H, W, 3) uint8 ->
-    ((R, R, 3) uint8, the box used).
+    """Detect the face, level its eyes (when the detector gives them) and crop it to the
+    training framing: (H, W, 3) uint8 -> ((R, R, 3) uint8, the box used).
 
     Raises InputError when there is no face, when there are several and ``face_index`` (0 =
     leftmost) is not given, or when the face is smaller than ``min_face_px`` (default: half the
@@ -155,4 +181,4 @@ def crop_face(image: np.ndarray, resolution: int, *, face_index: int | None = No
         raise InputError(f"The face in {name} is {box.width:.0f} px wide, too small for "
                          f"{resolution} px output (need at least {need:.0f} px); use a "
                          f"higher-resolution photo or one where the face is larger.")
-    return crop_to_framing(image, box, resolution, framing), box
+    return crop_to_framing(level_eyes(image, box), box, resolution, framing), box
