@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from configs.motion import get_config
+from model_helpers import perturbed
 from vasa_jax.motion import diffusion
 from vasa_jax.motion.audio import make_frontend
 from vasa_jax.motion.dit import CONDITIONS, make_motion_dit
@@ -37,18 +38,8 @@ def _jit(model):
     return lambda x, t, c, d=None: f(state, x, t, c, d or {})
 
 
-def _perturbed(model, seed=1):
-    """The model with every parameter randomised (zero-initialised gates make a fresh model
-    ignore its inputs)."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    leaves = [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves), rest)
-
-
 def _jitted_perturbed(model):
-    m = _perturbed(model)
+    m = perturbed(model)
     return m, _jit(m)
 
 
@@ -70,7 +61,7 @@ def test_paper_config_size_without_allocation():
 def test_bf16_path_is_finite():
     c = get_config("test")
     c.model.dtype = "bfloat16"
-    m = _perturbed(make_motion_dit(c.model, rngs=nnx.Rngs(0)))
+    m = perturbed(make_motion_dit(c.model, rngs=nnx.Rngs(0)))
     y = _jit(m)(jnp.ones((B, m.window, m.motion_dim)), jnp.array([1, 2, 3]), _cond(m, jax.random.PRNGKey(1)))
     assert y.shape == (B, m.window, m.motion_dim) and bool(jnp.all(jnp.isfinite(y)))
 
@@ -188,7 +179,7 @@ def test_sampler_state_is_a_pure_pytree():
 
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 53])
 def test_windowed_generation_any_length(model, n):
-    m = _perturbed(model)
+    m = perturbed(model)
     audio = jax.random.normal(jax.random.PRNGKey(0), (2, n, m.audio_dim))
     cond = {"gaze": jnp.zeros((2, 2)), "distance": jnp.zeros((2,)),
             "emotion": jnp.zeros((2,), jnp.int32)}

@@ -10,21 +10,13 @@ from flax import nnx
 from configs import latent as latent_configs
 from configs import motion as motion_configs
 from data_pipeline.synthtalk.generate import generate_clip
+from model_helpers import perturbed
 from vasa_jax.media.errors import InputError
 from vasa_jax.motion import diffusion
 from vasa_jax.pipeline import Controls, TalkingFacePipeline
 from vasa_jax.train.motion_task import frontend_from_config
 
 CONTROLS = Controls(gaze=(0.1, -0.1), emotion=1, steps=3, cfg=(("audio", 0.5), ("gaze", 1.0)))
-
-
-def _randomised(module, seed, scale):
-    """Every parameter perturbed (zero-initialised output layers make a fresh model constant)."""
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    leaves = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves), rest)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +27,7 @@ def pipe():
     from vasa_jax.motion.dit import make_motion_dit
 
     latent = make_face_latent_model(lc.model, rngs=nnx.Rngs(0))
-    motion = _randomised(make_motion_dit(mc.model, rngs=nnx.Rngs(1)), 2, 0.05)
+    motion = perturbed(make_motion_dit(mc.model, rngs=nnx.Rngs(1)), seed=2, scale=0.05)
     return TalkingFacePipeline(latent, motion, schedule=diffusion.make_schedule("cosine", 100),
                                frontend=frontend_from_config(mc), max_seconds=10.0)
 

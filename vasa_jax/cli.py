@@ -312,7 +312,7 @@ def generate(args) -> str:
     from vasa_jax.media.errors import InputError
     from vasa_jax.pipeline import TalkingFacePipeline
     from vasa_jax.safety import provenance
-    from vasa_jax.safety.publish import write_marked_video
+    from vasa_jax.safety.publish import MIN_OUTPUT_SIZE, write_marked_video
 
     if not args.out.lower().endswith(".mp4"):
         raise UserError(f"--out {args.out!r}: the output is an mp4 file; end the name in .mp4.")
@@ -355,7 +355,7 @@ def generate(args) -> str:
                   "distance": controls.distance, "emotion": controls.emotion}
     from vasa_jax.media.video_io import resize_frames
 
-    size = args.size or max(256, pipe.resolution)
+    size = args.size or max(MIN_OUTPUT_SIZE, pipe.resolution)
     try:
         write_marked_video(args.out, resize_frames(frames, size), audio,
                            watermark_on=not args.no_watermark,

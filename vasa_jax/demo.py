@@ -17,9 +17,7 @@ from data_pipeline.loader import decode_frame, open_source
 from vasa_jax.media.audio import to_float32
 from vasa_jax.media.video_io import resize_frames
 from vasa_jax.pipeline import Controls, TalkingFacePipeline
-from vasa_jax.safety.publish import write_marked_video
-
-VIEW_SIZE = 256  # videos are upscaled to at least this (the watermark's robust range)
+from vasa_jax.safety.publish import MIN_OUTPUT_SIZE, write_marked_video
 
 
 def held_out_pair(dataset_config: str, data_dir: str | None, split: str = "test"
@@ -50,7 +48,7 @@ def run_demo(latent_workdir: str, motion_workdir: str, dataset_config: str,
     os.makedirs(out_dir, exist_ok=True)
     facts = {"model": "vasa_jax", "seed": c.seed, "steps": c.steps,
              "identity": int(speech_clip["identity"]), "demo": "held-out SynthTalk identity"}
-    size = max(VIEW_SIZE, pipe.resolution)
+    size = max(MIN_OUTPUT_SIZE, pipe.resolution)
     generated = write_marked_video(os.path.join(out_dir, "generated.mp4"),
                                    resize_frames(out.frames, size), audio, generation=facts)
     n = min(len(truth), len(out.frames))

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vasa_jax.constants import FPS, SAMPLES_PER_FRAME
+from vasa_jax.constants import SAMPLES_PER_FRAME
 from vasa_jax.latent.model import FaceLatentModel, to_uint8, to_unit
 from vasa_jax.latent.warp import POSE_DIM
+from vasa_jax.media.audio import check_offline_length
 from vasa_jax.media.errors import InputError
 from vasa_jax.media.face_crop import SYNTHTALK_FRAMING, Framing, crop_face
 from vasa_jax.motion import diffusion
@@ -288,10 +289,7 @@ class TalkingFacePipeline:
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise InputError(f"audio must be non-empty (S,) 16 kHz mono, got {audio.shape}.")
-        if audio.size / (SAMPLES_PER_FRAME * FPS) > self.max_seconds:
-            raise InputError(f"The audio is {audio.size / (SAMPLES_PER_FRAME * FPS):.1f} s, over "
-                             f"the offline limit of {self.max_seconds:.0f} s; cut it, raise the "
-                             f"limit, or stream it (no limit).")
+        check_offline_length(audio.size, self.max_seconds)
         feats = self.features(audio)
         n = feats.shape[0]
         audio_w, valid_w = split_windows(jnp.asarray(feats)[None], self.window)

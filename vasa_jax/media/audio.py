@@ -51,6 +51,17 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
 
 
+def check_offline_length(num_samples: int, max_seconds: float | None, what: str = "The audio"
+                         ) -> None:
+    """InputError if ``num_samples`` at 16 kHz last longer than ``max_seconds`` (None: no
+    limit), the offline generation limit (streaming has none)."""
+    seconds = num_samples / SAMPLE_RATE
+    if max_seconds is not None and seconds > max_seconds:
+        raise InputError(f"{what} is {seconds:.1f} s long, over the offline limit of "
+                         f"{max_seconds:.0f} s; cut it, raise --max-seconds, or use streaming "
+                         f"generation (no length limit).")
+
+
 def load_speech(path: str | os.PathLike, *, max_seconds: float | None = None) -> np.ndarray:
     """``decode_audio`` plus the checks generation needs: not empty, not silence only, and (when
     ``max_seconds`` is given, as offline generation does) not longer than that."""
@@ -64,9 +75,5 @@ def load_speech(path: str | os.PathLike, *, max_seconds: float | None = None) ->
     if peak < SILENCE_PEAK:
         raise InputError(f"Audio file {path!r} is silent (peak {20 * np.log10(peak + 1e-12):.0f}"
                          f" dBFS); pass a recording with speech.")
-    seconds = audio.size / SAMPLE_RATE
-    if max_seconds is not None and seconds > max_seconds:
-        raise InputError(f"Audio file {path!r} is {seconds:.1f} s long, over the offline limit "
-                         f"of {max_seconds:.0f} s; raise --max-seconds, cut the audio, or use "
-                         f"streaming generation (no length limit).")
+    check_offline_length(audio.size, max_seconds, f"Audio file {path!r}")
     return np.clip(audio, -1.0, 1.0)

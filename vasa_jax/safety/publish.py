@@ -21,6 +21,7 @@ from vasa_jax.constants import FPS
 from vasa_jax.media.video_io import atomic_path, read_metadata, read_mp4, write_mp4
 from vasa_jax.safety import provenance, watermark
 
+MIN_OUTPUT_SIZE = 256  # outputs are upscaled to this: the watermark survives CRF 28 + 0.5x here
 SAFETY_TAG = "org.vasa_jax.safety"  # container tag: "watermark=on|off; c2pa=on|off"
 SOURCE_TAG = "comment"
 
