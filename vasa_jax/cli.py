@@ -9,6 +9,9 @@
   vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
   vasa-jax eval latent --workdir DIR             self/cross-reenactment report for stage 1
   vasa-jax eval motion --workdir DIR             lip-sync / head-motion / gaze table for stage 2
+  vasa-jax eval --generated DIR --real DIR       the paper-style table of clip sets (mp4 + json)
+  vasa-jax eval export-synthtalk --out DIR       a SynthTalk split as a real clip set
+  vasa-jax eval generate-set --real DIR ...      a generated clip set from a real one
   vasa-jax generate --image P --audio A --out V  a talking-face mp4 from a photo and speech
   vasa-jax verify VIDEO                          watermark, C2PA manifest and safety tags
 
@@ -236,6 +239,79 @@ def eval_motion(args) -> tuple[str, str]:
     return md, js
 
 
+def _clip_set_errors():
+    from vasa_jax.media.errors import InputError
+
+    return (InputError, FileNotFoundError)
+
+
+def eval_export(args) -> list[str]:
+    from vasa_jax.eval.clip_set import export_synthtalk
+    from data_pipeline.loader import DatasetNotFoundError
+
+    try:
+        names = export_synthtalk(args.out, dataset_config=args.config, data_dir=args.data_dir,
+                                 split=args.split, max_clips=args.max_clips or None)
+    except DatasetNotFoundError as e:
+        raise UserError(str(e)) from None
+    print(f"Wrote {len(names)} real clips (mp4 + ground-truth json) to {args.out}")
+    return names
+
+
+def eval_generate_set(args) -> list[str]:
+    from vasa_jax.eval.clip_set import generate_set, read_clip_set
+    from vasa_jax.pipeline import TalkingFacePipeline
+
+    try:
+        real = read_clip_set(args.real, max_clips=args.max_clips or None)
+        pipe = TalkingFacePipeline.from_checkpoints(args.latent_workdir, args.motion_workdir)
+    except _clip_set_errors() as e:
+        raise UserError(str(e)) from None
+    cfg = dict(_controls(argparse.Namespace(cfg=args.cfg, emotion=None, gaze=None, distance=None,
+                                            steps=args.steps, fast=False, seed=args.seed,
+                                            sampler=None), pipe.defaults).cfg)
+    info = {"latent": args.latent_workdir, "motion": args.motion_workdir}
+    paths = generate_set(pipe, real, args.out, cfg=cfg, steps=args.steps, seed=args.seed,
+                         info=info, progress=lambda k, n: print(f"  {k}/{n}", flush=True))
+    print(f"Wrote {len(paths)} generated clips to {args.out}")
+    return paths
+
+
+def eval_sets(args) -> dict[str, str]:
+    """``vasa-jax eval --generated [NAME=]DIR ... --real DIR``: the paper-style table."""
+    from vasa_jax.eval import table
+    from vasa_jax.eval.clip_set import read_clip_set
+
+    if not args.real or not args.generated:
+        raise UserError("Give --real DIR and at least one --generated [NAME=]DIR (or a "
+                        "subcommand: export-synthtalk, generate-set, motion, latent).")
+    try:
+        real = read_clip_set(args.real, max_clips=args.max_clips or None)
+        names = [c.name for c in real]
+        sets = {}
+        for item in args.generated:
+            label, sep, path = item.partition("=")
+            if not sep:
+                label, path = os.path.basename(os.path.normpath(item)), item
+            sets[label] = read_clip_set(path, names=names)
+        inst = table.Instruments.load(probe=args.probe, syncnet=args.syncnet, capp=args.capp,
+                                      fvd=not args.no_fvd, fvd_clip_len=args.fvd_clip_len,
+                                      fvd_stride=args.fvd_clip_len)
+    except _clip_set_errors() as e:
+        raise UserError(str(e)) from None
+    if args.shuffled_row:
+        sets = {"Real video, audio shuffled (chance)": table.shuffled_audio(real), **sets}
+    results = table.evaluate_sets(real, sets, inst, progress=lambda m: print(m, flush=True))
+    meta = {"title": "Evaluation", "real": args.real, "clips": len(real),
+            "generated": ", ".join(args.generated),
+            "fvd": "off" if args.no_fvd else f"I3D, {args.fvd_clip_len}-frame clips"}
+    paths = table.write_report(results, args.out, meta=meta, accuracies=inst.accuracies(),
+                               real=real)
+    print(table.markdown_table({k: v.row for k, v in results.items()}))
+    print("\n".join(f"Wrote {p}" for p in paths.values()))
+    return paths
+
+
 def quickstart(args) -> dict:
     """The main job on the embedded dataset: build SynthTalk and show its test split, train
     stage 1, turn SynthTalk into its motion latents, train stage 2 on them, and make a held-out
@@ -445,8 +521,45 @@ def parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set train.steps=500 (repeatable)")
         tm.set_defaults(func=train_stage)
 
-    ev = sub.add_parser("eval", help="evaluate a trained stage")
-    evsub = ev.add_subparsers(dest="stage", required=True)
+    ev = sub.add_parser("eval", help="the paper-style table of generated clip sets against real "
+                        "clips (--generated/--real), or a stage's own report",
+                        description="vasa-jax eval --generated [NAME=]DIR ... --real DIR: the "
+                        "table (Markdown + JSON + plots) of each generated set against the real "
+                        "clips; or one of the subcommands.")
+    ev.add_argument("--generated", action="append", default=[], metavar="[NAME=]DIR",
+                    help="a generated clip set (repeatable; NAME labels its row)")
+    ev.add_argument("--real", default=None, help="the real clip set (NAME.mp4 + NAME.json)")
+    ev.add_argument("--probe", default=None, help="a trained SynthTalk probe workdir "
+                    "(reads pose, mouth, gaze, emotion; without it mediapipe reads pose/mouth)")
+    ev.add_argument("--syncnet", default=None, help="a trained SyncNet workdir (sync columns)")
+    ev.add_argument("--capp", default=None, help="a trained CAPP workdir (audio-pose column)")
+    ev.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU)")
+    ev.add_argument("--fvd-clip-len", type=int, default=16)
+    ev.add_argument("--max-clips", type=int, default=0, help="0 = every real clip")
+    ev.add_argument("--shuffled-row", action="store_true",
+                    help="add the real clips with their audio shuffled across clips (chance)")
+    ev.add_argument("--out", default="runs/eval", help="where eval.md/json/png go")
+    ev.set_defaults(func=eval_sets)
+    evsub = ev.add_subparsers(dest="stage", required=False)
+    ex = evsub.add_parser("export-synthtalk", help="write a SynthTalk split as a real clip set")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--config", default="res64_small", help="SynthTalk dataset config")
+    ex.add_argument("--data-dir", default=None)
+    ex.add_argument("--split", default="test")
+    ex.add_argument("--max-clips", type=int, default=0, help="0 = the whole split")
+    ex.set_defaults(func=eval_export)
+    gs = evsub.add_parser("generate-set", help="a generated clip set from a real one: each "
+                          "clip's first frame as the photo, its speech as the audio, its "
+                          "gaze/distance/emotion as the controls")
+    gs.add_argument("--latent-workdir", required=True)
+    gs.add_argument("--motion-workdir", required=True)
+    gs.add_argument("--real", required=True)
+    gs.add_argument("--out", required=True)
+    gs.add_argument("--cfg", action="append", default=[], metavar="CONDITION=SCALE")
+    gs.add_argument("--steps", type=int, default=50)
+    gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--max-clips", type=int, default=0)
+    gs.set_defaults(func=eval_generate_set)
     em = evsub.add_parser("motion", help="stage 2 against SynthTalk's ground truth")
     em.add_argument("--workdir", required=True, help="the training workdir (checkpoints/)")
     em.add_argument("--data-dir", default=None)
