@@ -296,7 +296,7 @@ def eval_sets(args) -> dict[str, str]:
             sets[label] = read_clip_set(path, names=names)
         inst = table.Instruments.load(probe=args.probe, syncnet=args.syncnet, capp=args.capp,
                                       fvd=not args.no_fvd, fvd_clip_len=args.fvd_clip_len,
-                                      fvd_stride=args.fvd_clip_len)
+                                      fvd_stride=args.fvd_stride)
     except _clip_set_errors() as e:
         raise UserError(str(e)) from None
     if args.shuffled_row:
@@ -304,7 +304,8 @@ def eval_sets(args) -> dict[str, str]:
     results = table.evaluate_sets(real, sets, inst, progress=lambda m: print(m, flush=True))
     meta = {"title": "Evaluation", "real": args.real, "clips": len(real),
             "generated": ", ".join(args.generated),
-            "fvd": "off" if args.no_fvd else f"I3D, {args.fvd_clip_len}-frame clips"}
+            "fvd": "off" if args.no_fvd else (f"I3D logits, {args.fvd_clip_len}-frame clips every "
+                                              f"{args.fvd_stride} frames")}
     paths = table.write_report(results, args.out, meta=meta, accuracies=inst.accuracies(),
                                real=real)
     print(table.markdown_table({k: v.row for k, v in results.items()}))
@@ -534,7 +535,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--syncnet", default=None, help="a trained SyncNet workdir (sync columns)")
     ev.add_argument("--capp", default=None, help="a trained CAPP workdir (audio-pose column)")
     ev.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU)")
-    ev.add_argument("--fvd-clip-len", type=int, default=16)
+    ev.add_argument("--fvd-clip-len", type=int, default=16, help="frames per I3D clip")
+    ev.add_argument("--fvd-stride", type=int, default=16, help="frames between I3D clips")
     ev.add_argument("--max-clips", type=int, default=0, help="0 = every real clip")
     ev.add_argument("--shuffled-row", action="store_true",
                     help="add the real clips with their audio shuffled across clips (chance)")

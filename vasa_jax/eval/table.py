@@ -138,10 +138,16 @@ class ClipReading:
     i3d: np.ndarray | None = None  # (n_clips, F) I3D features of this clip
 
 
-def read_clip_with(inst: Instruments, clip: Clip, photo: np.ndarray | None = None
-                   ) -> ClipReading:
+def read_clip_with(inst: Instruments, clip: Clip, photo: np.ndarray | None = None, *,
+                   same_frames: ClipReading | None = None) -> ClipReading:
     """Run every available instrument on ``clip``. ``photo`` (H, W, 3): the source image for
-    identity LPIPS (default: the clip's own first frame)."""
+    identity LPIPS (default: the clip's own first frame). ``same_frames``: the reading of a
+    clip with identical frames (only the audio differs): its frame-only readings are reused and
+    only the audio-dependent ones (sync, CAPP) are measured again."""
+    if same_frames is not None:
+        r = dataclasses.replace(same_frames, name=clip.name)
+        r.sync, r.capp = _sync(inst, clip), _capp(inst, clip, r.pose)
+        return r
     r = ClipReading(clip.name)
     if inst.probe is not None:
         out = inst.probe.predict(clip.frames)
@@ -150,20 +156,15 @@ def read_clip_with(inst: Instruments, clip: Clip, photo: np.ndarray | None = Non
         r.emotion = int(np.bincount(out["emotion"]).argmax())
     elif inst.landmarks:
         from vasa_jax.eval.face_landmarks import measure_video
+        from vasa_jax.media.errors import InputError
 
-        m = measure_video(clip.frames, FPS)
-        r.pose = np.stack([m["yaw"], m["pitch"], m["roll"]], -1)
-        r.mouth = np.asarray(m["mouth"])
-    if inst.syncnet is not None:
-        from vasa_jax.eval.syncnet import sync_scores
-
-        s = sync_scores(inst.syncnet, clip.frames, clip.audio)
-        r.sync = {k: float(s[k]) for k in ("lse_c", "lse_d", "offset")}
-    if inst.capp is not None and r.pose is not None:
-        from vasa_jax.eval.capp import capp_score
-
-        pose = np.nan_to_num(r.pose)
-        r.capp = float(capp_score(inst.capp, pose, clip.audio))
+        try:
+            m = measure_video(clip.frames, FPS, name=clip.name)
+            r.pose = np.stack([m["yaw"], m["pitch"], m["roll"]], -1)
+            r.mouth = np.asarray(m["mouth"])
+        except InputError:  # no face in any frame: pose and mouth columns read n/a
+            pass
+    r.sync, r.capp = _sync(inst, clip), _capp(inst, clip, r.pose)
     if inst.lpips is not None:
         ref = clip.frames[0] if photo is None else photo
         frames = clip.frames[::LPIPS_STRIDE]
@@ -180,6 +181,23 @@ def read_clip_with(inst: Instruments, clip: Clip, photo: np.ndarray | None = Non
             r.i3d = np.asarray(inst.i3d(clips_from_videos(
                 [clip.frames], inst.fvd_clip_len, inst.fvd_stride)))
     return r
+
+
+def _sync(inst: Instruments, clip: Clip) -> dict[str, float] | None:
+    if inst.syncnet is None:
+        return None
+    from vasa_jax.eval.syncnet import sync_scores
+
+    s = sync_scores(inst.syncnet, clip.frames, clip.audio)
+    return {k: float(s[k]) for k in ("lse_c", "lse_d", "offset")}
+
+
+def _capp(inst: Instruments, clip: Clip, pose: np.ndarray | None) -> float | None:
+    if inst.capp is None or pose is None:
+        return None
+    from vasa_jax.eval.capp import capp_score
+
+    return float(capp_score(inst.capp, np.nan_to_num(pose), clip.audio))
 
 
 def _mean(values) -> float:
@@ -212,7 +230,9 @@ def summarise(readings: Sequence[ClipReading], clips: Sequence[Clip],
     if all(r.capp is not None for r in readings):
         row["capp"] = _mean(r.capp for r in readings)
     if all(r.pose is not None for r in readings):
-        row["delta_p"] = _mean(mm.delta_p(np.nan_to_num(r.pose)) for r in readings)
+        # ΔP over consecutive frames where the pose was read (NaN: no face in that frame)
+        row["delta_p"] = _mean(float(np.nanmean(np.abs(np.diff(r.pose, axis=0))))
+                               for r in readings)
         if real_delta_p:
             row["delta_p_ratio"] = row["delta_p"] / real_delta_p
     if real_features is not None and all(r.i3d is not None for r in readings):
@@ -249,6 +269,7 @@ def evaluate_sets(real: Sequence[Clip], generated: Mapping[str, Sequence[Clip]],
                   inst: Instruments, *, progress=None) -> dict[str, SetResult]:
     """The table: "Real video" then each generated set (clips matched to ``real`` by name)."""
     by_name = {c.name: c for c in real}
+    index = {c.name: i for i, c in enumerate(real)}
     say = progress or (lambda msg: None)
     say(f"Real video: {len(real)} clips")
     real_readings = [read_clip_with(inst, c) for c in real]
@@ -262,12 +283,22 @@ def evaluate_sets(real: Sequence[Clip], generated: Mapping[str, Sequence[Clip]],
         say(f"{name}: {len(clips)} clips")
         refs = [by_name[c.name] for c in clips]
         speech = [by_name[c.meta.get(AUDIO_OF, c.name)] for c in clips]
-        readings = [read_clip_with(inst, c, photo=ref.frames[0]) for c, ref in zip(clips, refs)]
+        readings = [read_clip_with(inst, c, photo=ref.frames[0],
+                                   same_frames=_same_frames(c, ref, real_readings[index[c.name]]))
+                    for c, ref in zip(clips, refs)]
         results[name] = SetResult(summarise(readings, clips, refs, real_features=feats,
                                             real_delta_p=real_row["delta_p"],
                                             speech_references=speech), readings,
                                   chance=any(AUDIO_OF in c.meta for c in clips))
     return results
+
+
+def _same_frames(clip: Clip, ref: Clip, reading: ClipReading) -> ClipReading | None:
+    """``reading`` (of ``ref``) when ``clip`` shows exactly ``ref``'s frames (a chance row)."""
+    if clip.frames is ref.frames or (clip.frames.shape == ref.frames.shape
+                                     and np.array_equal(clip.frames, ref.frames)):
+        return reading
+    return None
 
 
 def shuffled_audio(clips: Sequence[Clip], seed: int = 0) -> list[Clip]:
