@@ -7,6 +7,7 @@
   vasa-jax train latent --workdir DIR            train stage 1 (FaceLatentModel) on one host
   vasa-jax train motion --workdir DIR            train stage 2 (MotionDiT) on one host
   vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
+  vasa-jax train syncnet|capp --workdir DIR      train the lip-sync / audio-pose instruments
   vasa-jax eval latent --workdir DIR             self/cross-reenactment report for stage 1
   vasa-jax eval motion --workdir DIR             lip-sync / head-motion / gaze table for stage 2
   vasa-jax eval --generated DIR --real DIR       the paper-style table of clip sets (mp4 + json)
@@ -99,7 +100,9 @@ def show_dataset(args) -> tuple[str, str]:
 
 
 STAGES = {"motion": "stage 2 (MotionDiT)", "latent": "stage 1 (FaceLatentModel)",
-          "probe": "the SynthTalk probe"}
+          "probe": "the SynthTalk probe", "syncnet": "the SyncNet lip-sync instrument",
+          "capp": "the CAPP audio-pose instrument"}
+INSTRUMENTS = ("probe", "syncnet", "capp")  # measuring networks: held-out accuracy written after
 
 
 def stage_config(stage: str, variant: str, data_dir: str | None, overrides: list[str]):
@@ -152,11 +155,11 @@ def train_stage(args) -> dict:
     print(f"{trainer.num_params():,} parameters on mesh {dict(trainer.mesh.shape)}")
     result = trainer.fit(progress=True)
     print(f"Done in {result['train_seconds'] / 60:.1f} min; final loss {result.get('loss', 0):.4f}.")
-    if stage == "probe":
-        from vasa_jax.train.probe_task import write_heldout
+    if stage in INSTRUMENTS:
+        import importlib
 
-        path = write_heldout(args.workdir, config)
-        print(f"Held-out probe accuracy: {path}")
+        write_heldout = importlib.import_module(f"vasa_jax.train.{stage}_task").write_heldout
+        print(f"Held-out {stage} accuracy: {write_heldout(args.workdir, config)}")
     return result
 
 
@@ -164,7 +167,8 @@ def train_motion(args) -> dict:
     return train_stage(argparse.Namespace(**vars(args), stage="motion"))
 
 
-DEFAULT_VARIANTS = {"motion": "synthtalk", "latent": "synthtalk64", "probe": "synthtalk64"}
+DEFAULT_VARIANTS = {"motion": "synthtalk", "latent": "synthtalk64", "probe": "synthtalk64",
+                    "syncnet": "synthtalk64", "capp": "synthtalk64"}
 
 
 def eval_latent(args) -> tuple[str, str]:

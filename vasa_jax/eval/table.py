@@ -339,8 +339,10 @@ def accuracy_lines(acc: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The instruments' held-out accuracy, one line each."""
     keys = {"probe": ("r/jaw_open", "r/lip_width", "r/yaw", "r/pitch", "r/roll", "r/scale",
                       "r/gaze_x", "r/gaze_y", "emotion_accuracy_clip"),
-            "syncnet": ("offset_accuracy", "lse_c", "lse_d", "lse_c_shuffled", "lse_d_shuffled"),
-            "capp": ("score_matched", "score_shuffled", "top1", "top5", "batch")}
+            "syncnet": ("offset_accuracy", "lse_c", "lse_d", "shuffled/offset_accuracy",
+                        "shuffled/lse_c", "shuffled/lse_d", "chance_offset_accuracy"),
+            "capp": ("matched_mean", "shuffled_mean", "offdiag_mean", "top1", "top5",
+                     "chance_top1")}
     out = []
     for name, h in acc.items():
         parts = [f"{k} {h[k]:.3f}" if isinstance(h.get(k), float) else f"{k} {h[k]}"

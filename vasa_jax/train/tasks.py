@@ -18,4 +18,13 @@ def make_task(config) -> Task:
         from vasa_jax.train.probe_task import ProbeTask
 
         return ProbeTask(config)
-    raise ValueError(f"Unknown task {config.task!r}; known: motion, latent, probe.")
+    if config.task == "capp":
+        from vasa_jax.train.capp_task import CappTask
+
+        return CappTask(config)
+    if config.task == "syncnet":
+        from vasa_jax.train.syncnet_task import SyncNetTask
+
+        return SyncNetTask(config)
+    raise ValueError(f"Unknown task {config.task!r}; known: motion, latent, probe, capp, "
+                     f"syncnet.")
