@@ -61,3 +61,35 @@ def generation_workdirs(stage1_workdir, synthtalk_tiny, tmp_path_factory) -> tup
     Trainer(MotionTask(c), c, wd).fit()
     return stage1_workdir, wd
 
+
+
+def _train_instrument(kind: str, data_dir: str, workdir: str):
+    """Train ``configs/<kind>.py:test`` on res64_tiny into ``workdir`` (no held-out file yet)."""
+    import importlib
+
+    from vasa_jax.train.tasks import make_task
+    from vasa_jax.train.trainer import Trainer
+
+    c = importlib.import_module(f"configs.{kind}").get_config("test")
+    c.data.data_dir = data_dir
+    result = Trainer(make_task(c), c, workdir).fit()
+    return workdir, c, result
+
+
+@pytest.fixture(scope="session")
+def probe_run(synthtalk_tiny, tmp_path_factory):
+    """(workdir, config, fit result) of the SynthTalk probe's ``test`` variant on res64_tiny,
+    trained once per session; the workdir has no held-out file (copy it before writing one)."""
+    return _train_instrument("probe", synthtalk_tiny, str(tmp_path_factory.mktemp("probe")))
+
+
+@pytest.fixture(scope="session")
+def syncnet_run(synthtalk_tiny, tmp_path_factory):
+    """Like ``probe_run``, for SyncNet."""
+    return _train_instrument("syncnet", synthtalk_tiny, str(tmp_path_factory.mktemp("syncnet")))
+
+
+@pytest.fixture(scope="session")
+def capp_run(synthtalk_tiny, tmp_path_factory):
+    """Like ``probe_run``, for CAPP."""
+    return _train_instrument("capp", synthtalk_tiny, str(tmp_path_factory.mktemp("capp")))

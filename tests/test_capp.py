@@ -3,6 +3,7 @@ training on res64_tiny, held-out figures and loading."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from flax import nnx
 from configs.capp import get_config
 from data_pipeline.synthtalk.generate import clip_tracks
 from vasa_jax.eval import capp as cp
-from vasa_jax.train.capp_task import CappTask, POSE_COLUMNS, info_nce, splice, write_heldout
-from vasa_jax.train.trainer import Trainer, read_metrics
+from vasa_jax.train.capp_task import POSE_COLUMNS, info_nce, splice, write_heldout
+from vasa_jax.train.trainer import read_metrics
 
 
 def _tiny_model(seed: int = 0) -> cp.CAPP:
@@ -114,11 +115,10 @@ def _fresh_clips(capp: cp.Capp, n: int, num_frames: int):
 
 
 @pytest.mark.slow
-def test_train_then_heldout_then_load(synthtalk_tiny, tmp_path):
-    c = get_config("test")
-    c.data.data_dir = synthtalk_tiny
+def test_train_then_heldout_then_load(capp_run, tmp_path):
+    src, c, result = capp_run  # trained once per session (conftest)
     wd = str(tmp_path / "capp")
-    result = Trainer(CappTask(c), c, wd).fit()
+    shutil.copytree(src, wd)  # this test writes the held-out file into its own copy
     assert {"eval/top1", "eval/matched", "eval/shuffled"} <= set(result)
     losses = [r["loss"] for r in read_metrics(wd) if "loss" in r]
     assert len(losses) == c.train.steps // c.train.log_every

@@ -135,13 +135,21 @@ def test_markdown_leaves_out_empty_columns_and_json_has_no_nan(tmp_path):
     assert data["rows"]["ours"]["fvd"] is None and data["rows"]["ours"]["jaw_r"] == 0.1
 
 
-@pytest.mark.slow
-def test_eval_cli_generates_a_set_and_writes_the_table(real_set, generation_workdirs,
-                                                       synthtalk_tiny, tmp_path):
-    from configs.probe import get_config
-    from vasa_jax.train.probe_task import ProbeTask, write_heldout
-    from vasa_jax.train.trainer import Trainer
+def _with_heldout(run, tmp_path, kind):
+    """A copy of a session-trained instrument workdir with its held-out file written."""
+    import importlib
+    import shutil
 
+    src, config, _ = run
+    wd = str(tmp_path / kind)
+    shutil.copytree(src, wd)
+    importlib.import_module(f"vasa_jax.train.{kind}_task").write_heldout(wd, config)
+    return wd
+
+
+@pytest.mark.slow
+def test_eval_cli_generates_a_set_and_writes_the_table(real_set, generation_workdirs, probe_run,
+                                                       syncnet_run, capp_run, tmp_path):
     real_dir, names = real_set
     latent_wd, motion_wd = generation_workdirs
     gen = str(tmp_path / "gen")
@@ -151,24 +159,30 @@ def test_eval_cli_generates_a_set_and_writes_the_table(real_set, generation_work
                                              [f"{n}.json" for n in names])
     meta = json.load(open(os.path.join(gen, f"{names[0]}.json")))
     assert meta["generation"]["reference"] == names[0] and meta["generation"]["steps"] == 2
-
-    c = get_config("test")
-    c.data.data_dir = synthtalk_tiny
-    probe_wd = str(tmp_path / "probe")
-    Trainer(ProbeTask(c), c, probe_wd).fit()
-    write_heldout(probe_wd, c)
+    probe_wd, syncnet_wd, capp_wd = (_with_heldout(r, tmp_path, k) for r, k in
+                                     ((probe_run, "probe"), (syncnet_run, "syncnet"),
+                                      (capp_run, "capp")))
 
     out = str(tmp_path / "eval")
     code = cli.main(["eval", "--generated", f"ours={gen}", "--real", real_dir, "--probe",
-                     probe_wd, "--no-fvd", "--shuffled-row", "--out", out])
+                     probe_wd, "--syncnet", syncnet_wd, "--capp", capp_wd, "--no-fvd",
+                     "--shuffled-row", "--out", out])
     assert code == 0
     data = json.load(open(os.path.join(out, "eval.json")))
-    assert list(data["rows"]) == ["Real video", "Real video, audio shuffled (chance)", "ours"]
-    for row in data["rows"].values():
-        for key in ("av_offset", "jaw_r", "delta_p", "emotion_accuracy", "identity_lpips"):
+    rows = data["rows"]
+    assert list(rows) == ["Real video", "Real video, audio shuffled (chance)", "ours"]
+    for row in rows.values():
+        for key in ("lse_c", "lse_d", "av_offset", "jaw_r", "capp", "delta_p",
+                    "emotion_accuracy", "identity_lpips"):
             assert row[key] is not None and np.isfinite(row[key]), key
-    assert data["rows"]["Real video"]["delta_p_ratio"] == 1.0
-    assert "probe" in data["instruments"]
+    real, chance = rows["Real video"], rows["Real video, audio shuffled (chance)"]
+    assert real["delta_p_ratio"] == 1.0
+    # The chance row shows the real frames: frame-only readings are the real row's, while the
+    # lips are now compared with the truth of the other clip's speech.
+    for key in ("delta_p", "emotion_accuracy", "identity_lpips"):
+        assert chance[key] == real[key], key
+    assert chance["jaw_r"] < real["jaw_r"]
+    assert set(data["instruments"]) == {"probe", "syncnet", "capp"}
     for name in ("eval.md", "eval_mouth_tracks.png", "eval_bars.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     # A generated set that lacks a real clip is refused before anything is measured.

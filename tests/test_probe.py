@@ -3,16 +3,16 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
 from flax import nnx
 
-from configs.probe import get_config
 from data_pipeline.synthtalk.motion import MOTION_FIELDS
 from vasa_jax.eval import synthtalk_probe as sp
-from vasa_jax.train.probe_task import ProbeTask, write_heldout
-from vasa_jax.train.trainer import Trainer, read_metrics
+from vasa_jax.train.probe_task import write_heldout
+from vasa_jax.train.trainer import read_metrics
 
 
 def test_probe_shapes_on_uint8_and_float_frames():
@@ -42,11 +42,10 @@ def test_pearson_is_nan_for_a_constant_ground_truth():
     assert sp.pearson_or_nan(np.arange(5.0), 2 * np.arange(5.0)) == pytest.approx(1.0)
 
 
-def test_train_then_heldout_then_load(synthtalk_tiny, tmp_path):
-    c = get_config("test")
-    c.data.data_dir = synthtalk_tiny
+def test_train_then_heldout_then_load(probe_run, tmp_path):
+    src, c, result = probe_run  # trained once per session (conftest)
     wd = str(tmp_path / "probe")
-    result = Trainer(ProbeTask(c), c, wd).fit()
+    shutil.copytree(src, wd)  # this test writes the held-out file into its own copy
     assert {"eval/jaw_open_r", "eval/yaw_r", "eval/emotion_accuracy"} <= set(result)
     losses = [r["loss"] for r in read_metrics(wd) if "loss" in r]
     assert len(losses) == c.train.steps

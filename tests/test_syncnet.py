@@ -3,13 +3,13 @@ LSE-C / LSE-D arithmetic, and real training on res64_tiny with held-out metrics 
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from configs.syncnet import get_config
 from vasa_jax.eval import mfcc as mfcc_lib
 from vasa_jax.eval import syncnet as sn
 from vasa_jax.eval import syncnet_convert
@@ -229,14 +229,13 @@ def test_load_syncnet_without_a_checkpoint_names_the_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_then_heldout_then_load(synthtalk_tiny, tmp_path):
-    from vasa_jax.train.syncnet_task import SyncNetTask, write_heldout
-    from vasa_jax.train.trainer import Trainer, read_metrics
+def test_train_then_heldout_then_load(syncnet_run, tmp_path):
+    from vasa_jax.train.syncnet_task import write_heldout
+    from vasa_jax.train.trainer import read_metrics
 
-    c = get_config("test")
-    c.data.data_dir = synthtalk_tiny
+    src, c, result = syncnet_run  # trained once per session (conftest)
     wd = str(tmp_path / "syncnet")
-    result = Trainer(SyncNetTask(c), c, wd).fit()
+    shutil.copytree(src, wd)  # this test writes the held-out file into its own copy
     assert {"eval/offset_accuracy", "eval/lse_c", "eval/lse_d"} <= set(result)
     rows = [r for r in read_metrics(wd) if "loss" in r]
     assert len(rows) == c.train.steps
