@@ -12,7 +12,9 @@ paper matches or beats), then each generated set (system or ablation). Columns:
                           frames and the clip's speech
   ΔP                      mean abs frame-to-frame change of the read yaw/pitch/roll (rad/frame),
                           and its ratio to the real row's
-  FVD                     Fréchet video distance to the real set (I3D, ``vasa_jax.eval.fvd``)
+  FVD                     Fréchet video distance to the real set (I3D, ``vasa_jax.eval.fvd``);
+                          on the Real row: one half of the real clips against the other
+                          (``split_half_fvd``), the floor sampling alone gives
   gaze err / emotion acc / distance err
                           control accuracy: the read gaze against the clip's target (degrees),
                           the read emotion class against the target, and the distance implied
@@ -279,6 +281,7 @@ def evaluate_sets(real: Sequence[Clip], generated: Mapping[str, Sequence[Clip]],
     real_row = summarise(real_readings, real, real, real_features=feats)
     results = {"Real video": SetResult(real_row, real_readings)}
     real_row["delta_p_ratio"] = 1.0 if np.isfinite(real_row["delta_p"]) else math.nan
+    real_row["fvd"] = split_half_fvd(real_readings)
     for name, clips in generated.items():
         say(f"{name}: {len(clips)} clips")
         refs = [by_name[c.name] for c in clips]
@@ -290,7 +293,23 @@ def evaluate_sets(real: Sequence[Clip], generated: Mapping[str, Sequence[Clip]],
                                             real_delta_p=real_row["delta_p"],
                                             speech_references=speech), readings,
                                   chance=any(AUDIO_OF in c.meta for c in clips))
+        if results[name].chance:
+            results[name].row["fvd"] = math.nan  # the real frames again: no video to judge
     return results
+
+
+def split_half_fvd(readings: Sequence[ClipReading]) -> float:
+    """The Real row's FVD: the first half of the real clips against the second half (by clip,
+    so no video is on both sides). FVD of a set against itself is 0 by definition; this is
+    the floor that sampling the same distribution gives at half the clip count (FVD is biased
+    upwards at small counts, so it overstates the floor at the full count)."""
+    feats = [r.i3d for r in readings]
+    if len(feats) < 4 or any(f is None for f in feats):
+        return math.nan
+    from vasa_jax.eval.fvd import frechet_distance
+
+    half = len(feats) // 2
+    return float(frechet_distance(np.concatenate(feats[:half]), np.concatenate(feats[half:])))
 
 
 def _same_frames(clip: Clip, ref: Clip, reading: ClipReading) -> ClipReading | None:
@@ -358,6 +377,32 @@ def _to_json(v):
     return v
 
 
+NOTES = (
+    "Real video: the real clips measured by the same instruments (the reference to match). Its "
+    "FVD is one half of the real clips against the other half: the floor that sampling alone "
+    "gives (at half the clip count, so FVD's small-sample bias makes it an overestimate).",
+    "Real video, audio shuffled (chance): the real frames with another clip's speech, so the "
+    "sync, AV and CAPP columns show chance; its frame-only columns equal the real row's.",
+    "AV offset / AV conf / jaw r: the mouth read by the probe against the ground-truth mouth of "
+    "the speech (SynthTalk only). Sync conf / dist: SyncNet's LSE-C / LSE-D (the trained "
+    "instrument's scale, not comparable to published SyncNet figures).",
+    "A column depends on its instrument's held-out accuracy below: where that is at chance "
+    "(e.g. the probe's gaze at 64 px), the column carries no information.",
+)
+
+
+def render_markdown(meta: Mapping[str, Any], rows: Mapping[str, Mapping[str, float]],
+                    accuracies: Mapping[str, Mapping[str, Any]]) -> str:
+    """The report's Markdown (also re-rendered from a saved JSON: ``render_markdown(d["meta"],
+    d["rows"], d["instruments"])``)."""
+    rows = {k: {m: (math.nan if v is None else v) for m, v in r.items()} for k, r in rows.items()}
+    md = [f"# {meta.get('title', 'Evaluation')}", ""]
+    md += [f"- {k}: {v}" for k, v in meta.items() if k != "title"]
+    md += ["", markdown_table(rows), ""] + [f"- {n}" for n in NOTES]
+    md += ["", "Instruments (accuracy on people they never saw):"]
+    return "\n".join(md + accuracy_lines(accuracies) + [""])
+
+
 def write_report(results: Mapping[str, SetResult], out_dir: str, *, meta: Mapping[str, Any],
                  accuracies: Mapping[str, Mapping[str, Any]], stem: str = "eval",
                  real: Sequence[Clip] = (), plots: bool = True) -> dict[str, str]:
@@ -368,13 +413,9 @@ def write_report(results: Mapping[str, SetResult], out_dir: str, *, meta: Mappin
     os.makedirs(out_dir, exist_ok=True)
     rows = {k: v.row for k, v in results.items()}
     paths = {"md": os.path.join(out_dir, f"{stem}.md"), "json": os.path.join(out_dir, f"{stem}.json")}
-    md = [f"# {meta.get('title', 'Evaluation')}", ""]
-    md += [f"- {k}: {v}" for k, v in meta.items() if k != "title"]
-    md += ["", markdown_table(rows), "", "Instruments (accuracy on people they never saw):"]
-    md += accuracy_lines(accuracies) + [""]
     with atomic_path(paths["md"]) as tmp:
         with open(tmp, "w") as f:
-            f.write("\n".join(md))
+            f.write(render_markdown(meta, rows, accuracies))
     data = {"meta": dict(meta), "instruments": accuracies,
             "rows": {k: {m: _to_json(v) for m, v in r.items()} for k, r in rows.items()},
             "per_clip": {k: [{"name": c.name, "capp": c.capp, "sync": c.sync,
