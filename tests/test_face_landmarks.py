@@ -229,3 +229,19 @@ def test_synthtalk_agreement_information(capsys):
               + f", blinks at {m['blinks']['frames'].tolist()} (ground truth closed at "
               f"{np.flatnonzero(clip['motion'][:, FIELD['blink']] > 0.5).tolist()})")
     assert r["yaw"] > 0 and r["roll"] > 0 and r["pitch"] > 0
+
+
+def test_eval_table_reads_pose_and_mouth_with_the_face_mesh_without_a_probe(carphone):
+    """Without a SynthTalk probe (real footage), the table reads pose and mouth with the mesh."""
+    from vasa_jax.eval.clip_set import Clip
+    from vasa_jax.eval.table import Instruments, read_clip_with, summarise
+
+    frames = carphone[0][:40]
+    clip = Clip("carphone", frames, np.zeros(len(frames) * 640, np.float32), {})
+    reading = read_clip_with(Instruments(), clip)
+    assert reading.pose.shape == (40, 3) and reading.mouth.shape == (40,)
+    assert reading.motion is None and reading.emotion is None
+    row = summarise([reading], [clip], [clip])
+    assert 0.002 < row["delta_p"] < 0.05  # rad/frame, as measure_video's carphone figures
+    blank = Clip("blank", np.zeros((10, 64, 64, 3), np.uint8), np.zeros(6400, np.float32), {})
+    assert read_clip_with(Instruments(), blank).pose is None  # no face: columns read n/a

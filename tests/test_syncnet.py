@@ -149,6 +149,17 @@ def test_converter_matches_a_torch_reference(tmp_path):
     with pytest.raises(ValueError, match=r"netfclip\.3\.bias.*netcnnaud\.0\.weight"):
         syncnet_convert.convert_state_dict(state, model)
 
+    # The evaluation table takes the original weights in place of a trained instrument.
+    from vasa_jax.eval.clip_set import Clip
+    from vasa_jax.eval.table import Instruments, read_clip_with
+
+    inst = Instruments.load(syncnet_torch=path, fvd=False, lpips=False)
+    inst.landmarks = False
+    clip = Clip("c", rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8),
+                (rng.standard_normal(12 * 640) * 0.1).astype(np.float32), {})
+    sync = read_clip_with(inst, clip).sync
+    assert set(sync) == {"lse_c", "lse_d", "offset"} and np.isfinite(sync["lse_d"])
+
 
 # -- LSE-C / LSE-D ---------------------------------------------------------------------------------
 

@@ -298,10 +298,11 @@ def eval_sets(args) -> dict[str, str]:
             if not sep:
                 label, path = os.path.basename(os.path.normpath(item)), item
             sets[label] = read_clip_set(path, names=names)
-        inst = table.Instruments.load(probe=args.probe, syncnet=args.syncnet, capp=args.capp,
+        inst = table.Instruments.load(probe=args.probe, syncnet=args.syncnet,
+                                      syncnet_torch=args.syncnet_torch, capp=args.capp,
                                       fvd=not args.no_fvd, fvd_clip_len=args.fvd_clip_len,
                                       fvd_stride=args.fvd_stride)
-    except _clip_set_errors() as e:
+    except (*_clip_set_errors(), ValueError) as e:
         raise UserError(str(e)) from None
     if args.shuffled_row:
         sets = {"Real video, audio shuffled (chance)": table.shuffled_audio(real), **sets}
@@ -537,6 +538,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--probe", default=None, help="a trained SynthTalk probe workdir "
                     "(reads pose, mouth, gaze, emotion; without it mediapipe reads pose/mouth)")
     ev.add_argument("--syncnet", default=None, help="a trained SyncNet workdir (sync columns)")
+    ev.add_argument("--syncnet-torch", default=None, metavar="syncnet_v2.model",
+                    help="the original SyncNet's PyTorch weights (224 px face crops) instead "
+                         "of --syncnet; read with torch.load(weights_only=True)")
     ev.add_argument("--capp", default=None, help="a trained CAPP workdir (audio-pose column)")
     ev.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU)")
     ev.add_argument("--fvd-clip-len", type=int, default=16, help="frames per I3D clip")

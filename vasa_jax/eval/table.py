@@ -88,18 +88,28 @@ class Instruments:
 
     @classmethod
     def load(cls, *, probe: str | None = None, syncnet: str | None = None,
-             capp: str | None = None, fvd: bool = True, lpips: bool = True,
-             fvd_clip_len: int = 16, fvd_stride: int = 16) -> "Instruments":
-        """Load from workdirs (None: leave that instrument out)."""
+             syncnet_torch: str | None = None, capp: str | None = None, fvd: bool = True,
+             lpips: bool = True, fvd_clip_len: int = 16, fvd_stride: int = 16
+             ) -> "Instruments":
+        """Load from workdirs (None: leave that instrument out). ``syncnet_torch``: the original
+        SyncNet's PyTorch weights (syncnet_v2.model) instead of a trained ``syncnet`` workdir."""
         inst = cls(fvd_clip_len=fvd_clip_len, fvd_stride=fvd_stride)
         if probe:
             from vasa_jax.eval.synthtalk_probe import load_probe
 
             inst.probe = load_probe(probe)
+        if syncnet and syncnet_torch:
+            raise ValueError("Give a trained SyncNet workdir or the original PyTorch weights, "
+                             "not both.")
         if syncnet:
             from vasa_jax.eval.syncnet import load_syncnet
 
             inst.syncnet = load_syncnet(syncnet)
+        if syncnet_torch:
+            from vasa_jax.eval.syncnet import as_instrument
+            from vasa_jax.eval.syncnet_convert import load_torch_weights
+
+            inst.syncnet = as_instrument(load_torch_weights(syncnet_torch))
         if capp:
             from vasa_jax.eval.capp import load_capp
 
