@@ -37,7 +37,6 @@ Use::
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from typing import Any
@@ -369,24 +368,16 @@ def _fix(workdir: str) -> str:
 def restore_capp(workdir: str, *, step: int | None = None) -> Capp:
     """The trained CAPP in ``workdir`` (EMA weights of the latest checkpoint), without its
     held-out metrics (``load_capp`` adds them)."""
-    from vasa_jax.train.restore import host_model, load_trainer
+    from vasa_jax.train.restore import restore_run
 
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"No CAPP checkpoint under {ckpt_dir}. {_fix(workdir)}")
-    try:
-        trainer, step = load_trainer(workdir, step=step)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"No CAPP checkpoint under {ckpt_dir}. {_fix(workdir)}") from e
-    if trainer.config.task != "capp":
-        raise ValueError(f"{workdir} holds a {trainer.config.task!r} run, not CAPP.")
-    return Capp(host_model(trainer), step=step, config=trainer.config)
+    model, step, config = restore_run(workdir, "capp", "CAPP", _fix(workdir), step=step)
+    return Capp(model, step=step, config=config)
 
 
 def read_heldout(workdir: str) -> dict[str, Any]:
-    with open(os.path.join(workdir, HELDOUT_FILE)) as f:
-        data = json.load(f)
-    return {k: (math.nan if v is None else v) for k, v in data.items()}
+    from vasa_jax.train import restore
+
+    return restore.read_heldout(workdir, HELDOUT_FILE)
 
 
 def load_capp(workdir: str, *, step: int | None = None) -> Capp:

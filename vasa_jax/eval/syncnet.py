@@ -46,7 +46,6 @@ Use::
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from typing import Any, Sequence
@@ -58,7 +57,6 @@ import numpy as np
 from flax import nnx
 from flax.linen import max_pool
 
-import vasa_jax.nn  # noqa: F401  (parameters are sharded lazily, by the trainer)
 from vasa_jax.constants import SAMPLES_PER_FRAME
 from vasa_jax.eval import mfcc as mfcc_lib
 
@@ -556,23 +554,14 @@ def _fix(workdir: str) -> str:
 def restore_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
     """The trained SyncNet in ``workdir`` (EMA weights of the latest checkpoint) with the
     BatchNorm statistics of ``syncnet_batch_stats.npz`` when present; no held-out metrics."""
-    from vasa_jax.train.restore import host_model, load_trainer
+    from vasa_jax.train.restore import restore_run
 
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if "://" not in workdir and not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"No SyncNet checkpoint under {ckpt_dir}. {_fix(workdir)}")
-    try:
-        trainer, step = load_trainer(workdir, step=step)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"No SyncNet checkpoint under {ckpt_dir}. {_fix(workdir)}") from e
-    if trainer.config.task != "syncnet":
-        raise ValueError(f"{workdir} holds a {trainer.config.task!r} run, not a SyncNet.")
-    model = host_model(trainer)
+    model, step, config = restore_run(workdir, "syncnet", "SyncNet", _fix(workdir), step=step)
     path = os.path.join(workdir, BATCH_STATS_FILE)
     if os.path.exists(path):
         with np.load(path) as f:
             load_batch_stats(model, dict(f))
-    return SyncNet(model, step=step, config=trainer.config)
+    return SyncNet(model, step=step, config=config)
 
 
 def load_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
@@ -590,6 +579,7 @@ def load_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
             f"BatchNorm statistics and held-out accuracy are written after training by "
             f"`python -c \"from vasa_jax.train.syncnet_task import write_heldout; "
             f"write_heldout('{workdir}')\"`. Or retrain: {_fix(workdir)}")
-    with open(os.path.join(workdir, HELDOUT_FILE)) as f:
-        net.heldout = {k: (math.nan if v is None else v) for k, v in json.load(f).items()}
+    from vasa_jax.train.restore import read_heldout
+
+    net.heldout = read_heldout(workdir, HELDOUT_FILE)
     return net

@@ -31,28 +31,15 @@ import optax
 from absl import logging
 from flax import nnx
 
-from data_pipeline.loader import LoaderConfig, make_loader, open_source
+from data_pipeline.loader import make_loader, open_source
 from data_pipeline.synthtalk.motion import FIELD
 from vasa_jax import parallel
 from vasa_jax.eval import capp as cp
 from vasa_jax.motion.audio import AddAudioFeatures
+from vasa_jax.train.motion_task import loader_config
 from vasa_jax.train.task import Task
 
 POSE_COLUMNS = (FIELD["yaw"], FIELD["pitch"], FIELD["roll"])
-
-
-def _loader_config(config, *, split: str, num_frames: int, train: bool, batch_size: int,
-                   shard_index=None, shard_count=None) -> LoaderConfig:
-    """Motion + audio-feature windows, no pixels, no raw audio."""
-    d = config.data
-    return LoaderConfig(
-        dataset=d.dataset, config=d.config, split=split, data_dir=d.data_dir or None,
-        num_frames=num_frames, batch_size=batch_size, seed=config.seed, shuffle=train,
-        num_epochs=None if train else 1, random_window=train, frames=False, audio=False,
-        augment=train and d.flip, flip_prob=0.5, colour_jitter=0.0, drop_remainder=train,
-        cache_clips=d.cache_clips if train else 0,
-        worker_count=d.num_workers if train else 0, worker_buffer_size=d.worker_buffer_size,
-        shard_index=shard_index, shard_count=shard_count)
 
 
 def read_clips(config, split: str, max_clips: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -61,7 +48,7 @@ def read_clips(config, split: str, max_clips: int | None = None) -> list[dict[st
     d = config.data
     source, info = open_source(d.dataset, d.config, split, d.data_dir or None)
     n = len(source) if not max_clips else min(int(max_clips), len(source))
-    cfg = _loader_config(config, split=split, num_frames=info.features["motion"].shape[0],
+    cfg = loader_config(config, split=split, num_frames=info.features["motion"].shape[0],
                          train=False, batch_size=1, shard_index=0, shard_count=1)
     frontend = cp.build_frontend(cp.frontend_spec(config.audio))
     it = iter(make_loader(cfg, clip_transforms=[AddAudioFeatures(frontend)]))
@@ -166,7 +153,7 @@ class CappTask(Task):
     # -- data ----------------------------------------------------------------------------------
     def train_loader(self):
         per_process = parallel.batch_size_per_process(self.config.data.batch_size)
-        cfg = _loader_config(self.config, split=self.config.data.split,
+        cfg = loader_config(self.config, split=self.config.data.split,
                              num_frames=self.config.model.window, train=True,
                              batch_size=per_process)
         return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 
 import jax
@@ -58,3 +60,26 @@ def main_process_model(trainer, ema: bool = True) -> nnx.Module | None:
     it (gathering is a collective); process 0 gets the model, the others None."""
     model = host_model(trainer, ema=ema)
     return model if jax.process_index() == 0 else None
+
+
+def restore_run(workdir: str, task: str, what: str, fix: str, *, step: int | None = None):
+    """(host model with EMA weights, step, config) of the ``task`` run in ``workdir``, for a
+    measuring instrument. FileNotFoundError naming ``fix`` (how to train it) without a checkpoint;
+    ValueError when the workdir holds another task's run. ``what`` names it in messages."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if "://" not in workdir and not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"No {what} checkpoint under {ckpt_dir}. {fix}")
+    try:
+        trainer, step = load_trainer(workdir, step=step)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"No {what} checkpoint under {ckpt_dir}. {fix}") from e
+    if trainer.config.task != task:
+        raise ValueError(f"{workdir} holds a {trainer.config.task!r} run, not {what}.")
+    return host_model(trainer), step, trainer.config
+
+
+def read_heldout(workdir: str, filename: str) -> dict:
+    """An instrument's held-out metrics (``workdir/filename``), JSON nulls (undefined
+    correlations) read as NaN."""
+    with open(os.path.join(workdir, filename)) as f:
+        return {k: (math.nan if v is None else v) for k, v in json.load(f).items()}
