@@ -70,6 +70,30 @@ def dataset_stats(config, max_clips: int) -> dict[str, np.ndarray]:
             "audio_mean": audio.mean(0), "audio_std": audio.std(0)}
 
 
+def window_conditions(model: MotionDiT, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """A batch of K + W frame windows -> (clean window x0 (B, W, M) normalised, the model's
+    conditions: audio (B, W, A), audio_pre (B, K, A), motion_pre (B, K, M), gaze, distance,
+    emotion)."""
+    k = model.context
+    motion = model.normalize_motion(batch["motion"])
+    audio = model.normalize_audio(batch["audio_features"])
+    cond = {"audio": audio[:, k:], "audio_pre": audio[:, :k], "motion_pre": motion[:, :k],
+            "gaze": batch["gaze"], "distance": batch["distance"], "emotion": batch["emotion"]}
+    return motion[:, k:], cond
+
+
+def denoising_loss(model: MotionDiT, schedule: diffusion.Schedule, batch, t, noise, drops,
+                   velocity_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The stage-2 objective with its randomness given: timesteps t (B,), noise (B, W, M) and
+    condition drops (``diffusion.sample_drops``). x0 MSE + velocity_weight * velocity MSE."""
+    x0, cond = window_conditions(model, batch)
+    x_t = diffusion.q_sample(schedule, x0, t, noise)
+    pred = model(x_t, t, cond, drops)
+    x0_mse = diffusion.x0_loss(pred, x0).mean()
+    vel_mse = diffusion.velocity_loss(pred, x0).mean()
+    return x0_mse + velocity_weight * vel_mse, {"x0_mse": x0_mse, "velocity_mse": vel_mse}
+
+
 class MotionTask(Task):
     name = "motion"
 
@@ -126,10 +150,8 @@ class MotionTask(Task):
 
     # -- objective -----------------------------------------------------------------------------
     def loss(self, model: MotionDiT, batch, key):
-        k, w = model.context, model.window
+        w = model.window
         d = self.config.diffusion
-        motion = model.normalize_motion(batch["motion"])
-        audio = model.normalize_audio(batch["audio_features"])
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, batch["pos"])
 
         def per_example(kk):
@@ -142,16 +164,9 @@ class MotionTask(Task):
             return t, noise, drops
 
         t, noise, drops = jax.vmap(per_example)(keys)
-        x0 = motion[:, k:]
-        x_t = diffusion.q_sample(self.schedule, x0, t, noise)
-        cond = {"audio": audio[:, k:], "audio_pre": audio[:, :k], "motion_pre": motion[:, :k],
-                "gaze": batch["gaze"], "distance": batch["distance"], "emotion": batch["emotion"]}
-        pred = model(x_t, t, cond, drops)
-        x0_mse = diffusion.x0_loss(pred, x0).mean()
-        vel_mse = diffusion.velocity_loss(pred, x0).mean()
-        loss = x0_mse + d.velocity_weight * vel_mse
-        return loss, {"x0_mse": x0_mse, "velocity_mse": vel_mse,
-                      "drop_context_rate": drops["context"].mean()}
+        loss, aux = denoising_loss(model, self.schedule, batch, t, noise, drops,
+                                   d.velocity_weight)
+        return loss, dict(aux, drop_context_rate=drops["context"].mean())
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, trainer, step: int) -> dict[str, float]:
