@@ -19,9 +19,6 @@ After ``Trainer.fit``, ``write_heldout(workdir)`` measures CAPP on the held-out 
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from typing import Any, Mapping
 
 import jax
@@ -37,6 +34,7 @@ from vasa_jax import parallel
 from vasa_jax.eval import capp as cp
 from vasa_jax.motion.audio import AddAudioFeatures
 from vasa_jax.train.motion_task import loader_config
+from vasa_jax.train import restore
 from vasa_jax.train.task import Task
 
 POSE_COLUMNS = (FIELD["yaw"], FIELD["pitch"], FIELD["roll"])
@@ -241,10 +239,6 @@ def write_heldout(workdir: str, config=None, *, split: str | None = None,
     res = heldout_metrics(capp, config, split=split, max_clips=max_clips)
     res.update(split=split, dataset=f"{config.data.dataset}/{config.data.config}",
                step=int(capp.step))
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
-    path = os.path.join(workdir, cp.HELDOUT_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(clean, f, indent=1, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    path = restore.write_heldout(workdir, cp.HELDOUT_FILE, res)
     logging.info("%s (%s)", cp.format_heldout(res), path)
     return res

@@ -15,9 +15,6 @@ identities (``eval.split``, default ``test``) and writes ``workdir/probe_heldout
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from typing import Any, Mapping
 
 import jax
@@ -30,6 +27,7 @@ from flax import nnx
 from data_pipeline.loader import LoaderConfig, make_loader, open_source
 from vasa_jax import parallel
 from vasa_jax.eval import synthtalk_probe as sp
+from vasa_jax.train import restore
 from vasa_jax.train.task import Task
 
 
@@ -173,10 +171,6 @@ def write_heldout(workdir: str, config=None, *, split: str | None = None,
     res: dict[str, Any] = sp.heldout_metrics(probe, config, split=split, max_clips=max_clips)
     res.update(split=split, dataset=f"{config.data.dataset}/{config.data.config}",
                step=int(probe.step))
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
-    path = os.path.join(workdir, sp.HELDOUT_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(clean, f, indent=1, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    path = restore.write_heldout(workdir, sp.HELDOUT_FILE, res)
     logging.info("probe held-out metrics (%s):\n%s", path, sp.format_heldout(res))
     return res

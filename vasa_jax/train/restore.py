@@ -83,3 +83,15 @@ def read_heldout(workdir: str, filename: str) -> dict:
     correlations) read as NaN."""
     with open(os.path.join(workdir, filename)) as f:
         return {k: (math.nan if v is None else v) for k, v in json.load(f).items()}
+
+
+def write_heldout(workdir: str, filename: str, metrics: dict) -> str:
+    """Write an instrument's held-out metrics to ``workdir/filename`` atomically, NaN (an
+    undefined correlation) as JSON null; the inverse of ``read_heldout``. Returns the path."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+             for k, v in metrics.items()}
+    path = os.path.join(workdir, filename)
+    with open(path + ".tmp", "w") as f:
+        json.dump(clean, f, indent=1, allow_nan=False)
+    os.replace(path + ".tmp", path)
+    return path

@@ -25,8 +25,6 @@ requires both.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -42,6 +40,7 @@ from vasa_jax import parallel
 from vasa_jax.eval import mfcc as mfcc_lib
 from vasa_jax.eval import syncnet as sn
 from vasa_jax.media.audio import to_float32
+from vasa_jax.train import restore
 from vasa_jax.train.task import Task
 
 
@@ -255,10 +254,6 @@ def write_heldout(workdir: str, config=None, *, split: str | None = None,
                                        vshift=config.eval.vshift)
     res.update(split=split, dataset=f"{config.data.dataset}/{config.data.config}",
                step=int(step), calib_batches=int(config.eval.calib_batches))
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
-    path = os.path.join(workdir, sn.HELDOUT_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(clean, f, indent=1, allow_nan=False)
-    os.replace(path + ".tmp", path)
-    logging.info("SyncNet held-out metrics (%s): %s", path, clean)
+    path = restore.write_heldout(workdir, sn.HELDOUT_FILE, res)
+    logging.info("SyncNet held-out metrics (%s): %s", path, res)
     return res
