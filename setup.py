@@ -47,7 +47,8 @@ EXTRAS = {
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill", "torch==2.13.0",
             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1",
             "python_speech_features==0.6",  # SyncNet MFCC parity (vasa_jax.eval.mfcc)
-            "safetensors>=0.4"],  # vasa_jax.interop weight files (checked with 0.8.0)
+            "safetensors>=0.4",  # vasa_jax.interop weight files (checked with 0.8.0)
+            "matplotlib>=3.8"],  # plots of the eval table and the convergence comparison
 }
 
 setup(

@@ -94,6 +94,27 @@ def denoising_loss(model: MotionDiT, schedule: diffusion.Schedule, batch, t, noi
     return x0_mse + velocity_weight * vel_mse, {"x0_mse": x0_mse, "velocity_mse": vel_mse}
 
 
+def draw_randomness(schedule: diffusion.Schedule, diffusion_cfg, key: jax.Array,
+                    positions: jax.Array, window: int, motion_dim: int):
+    """The per-example randomness of one training step: one key per example from its global
+    stream position ``positions`` (B,) folded into the step key ``key``, split into a timestep,
+    noise and the condition drops. -> t (B,) int32, noise (B, W, M), drops (dict of (B,) / (B, W)
+    bool, ``diffusion.sample_drops``)."""
+    d = diffusion_cfg
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, positions)
+
+    def per_example(kk):
+        k1, k2, k3 = jax.random.split(kk, 3)
+        t = jax.random.randint(k1, (), 0, schedule.num_steps)
+        noise = jax.random.normal(k2, (window, motion_dim))
+        drops = diffusion.sample_drops(
+            k3, window, p_condition=d.p_condition, p_context=d.p_context,
+            p_audio_tail=d.p_audio_tail, max_audio_tail=d.max_audio_tail)
+        return t, noise, drops
+
+    return jax.vmap(per_example)(keys)
+
+
 class MotionTask(Task):
     name = "motion"
 
@@ -150,20 +171,9 @@ class MotionTask(Task):
 
     # -- objective -----------------------------------------------------------------------------
     def loss(self, model: MotionDiT, batch, key):
-        w = model.window
         d = self.config.diffusion
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, batch["pos"])
-
-        def per_example(kk):
-            k1, k2, k3 = jax.random.split(kk, 3)
-            t = jax.random.randint(k1, (), 0, self.schedule.num_steps)
-            noise = jax.random.normal(k2, (w, model.motion_dim))
-            drops = diffusion.sample_drops(
-                k3, w, p_condition=d.p_condition, p_context=d.p_context,
-                p_audio_tail=d.p_audio_tail, max_audio_tail=d.max_audio_tail)
-            return t, noise, drops
-
-        t, noise, drops = jax.vmap(per_example)(keys)
+        t, noise, drops = draw_randomness(self.schedule, d, key, batch["pos"], model.window,
+                                          model.motion_dim)
         loss, aux = denoising_loss(model, self.schedule, batch, t, noise, drops,
                                    d.velocity_weight)
         return loss, dict(aux, drop_context_rate=drops["context"].mean())
