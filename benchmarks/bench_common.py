@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 
 
@@ -46,8 +47,17 @@ def xla_cost(compiled) -> dict[str, float]:
 
 
 def save_json(result: dict, path: str) -> None:
-    """Write a benchmark's figures (creating the folder) and say where."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    """Write a benchmark's figures (creating the folder) through a temporary file and a rename,
+    so a reader never sees a half-written file, and say where."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
     print(f"wrote {path}")
