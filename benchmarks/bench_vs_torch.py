@@ -3,20 +3,32 @@ thread counts.
 
   python benchmarks/bench_vs_torch.py [--case motion_paper_b8] [--threads 2] [--warmup 3]
       [--steps 10] [--profile auto|always|never] [--out benchmarks/results/vs_torch.json]
+  python benchmarks/bench_vs_torch.py --case latent_synthtalk64 --steps 3 --profile never \\
+      --out /tmp/vs_torch_latent.json
 
 Cases (``--case`` may be repeated; default: every case but the tiny ``*_test`` ones):
   motion_paper_b8     stage 2, the ``configs/motion.py:paper`` MotionDiT (8 x 512, 8 heads,
                       W=50, K=10), batch 8
-  latent_synthtalk64  stage 1, ``configs/latent.py:synthtalk64`` FaceLatentModel (the torch
-                      twin is not written yet: reported as not implemented)
+  latent_synthtalk64  stage 1, ``configs/latent.py:synthtalk64`` FaceLatentModel, its batch
+                      (8 pairs of 64 px frames), its loss (L1, motion-weighted L1, VGG16 to
+                      relu2_2, l_consist and l_cross_id on a quarter of the rows; no GAN terms)
   motion_test         the ``test`` MotionDiT, batch 8 (smoke tests)
+  latent_test         the ``test`` FaceLatentModel, batch 8, GAN terms on (smoke tests)
 
 A train step is the whole update on both sides, on one fixed batch with fixed timesteps, noise
 and condition drops (drawn once, shared by both frameworks, as are the initial weights): forward,
 the stage's real loss, backward, global-norm gradient clipping and AdamW (decay on matrices
-only), with the config's learning-rate schedule. JAX: one ``jax.jit`` step whose train state
+only), with the config's learning-rate schedule. Stage 1: ``LatentTask.grads`` (generator loss,
+and the discriminator's hinge loss when the config has GAN terms) and one clipped AdamW per
+parameter group (generator, discriminator), as our trainer; torch: ``stage1_losses``, the two
+backward passes, ``clip_grad_norm_`` and AdamW per group (without GAN terms the discriminator
+gets zero gradients on both sides, so both apply its decay-only update); the batch is one fixed
+random uint8 (b, 2, 64, 64, 3) frames array and the shared weights are deterministic random
+values (``vasa_jax.interop.face_latent.randomize``), not the trainer's initialiser.
+JAX: one ``jax.jit`` step whose train state
 (parameters + optax state) is donated, compiled ahead of time (``lower().compile()``, timed
-apart from the steps, with the persistent compilation cache off); each step is timed to
+apart from the steps, with the persistent compilation cache off unless ``--jax-cache DIR``,
+which the smoke tests use); each step is timed to
 ``block_until_ready`` of everything it returns. PyTorch: ``model.train()``, ``zero_grad``,
 ``backward``, ``clip_grad_norm_``, ``AdamW(fused=True).step`` (``--torch-adamw``; on the paper
 MotionDiT, 1 thread, the fused update takes ~18 ms, foreach ~63 ms, torch's default loop
@@ -36,7 +48,8 @@ on the machine: its figures are not to be quoted).
 Output (printed table, and JSON written atomically): per case and framework the median step
 time with its inter-quartile range, the compile time (JAX) or first-step time (torch), the
 parameter count and the loss of every step (the two frameworks must agree: a check that they
-time the same computation); ``speedup`` = torch / JAX median step time and ``jax_over_torch``
+time the same computation; ``loss_step0_rel_diff``, before any update, is warned about above
+1e-4); ``speedup`` = torch / JAX median step time and ``jax_over_torch``
 its inverse. When JAX is not at least 2x faster (``--profile auto``), both sides are profiled:
 time split into forward / forward+backward / optimiser and attention / MLP blocks, torch's top
 operators by self CPU time, XLA's top thunks from a ``jax.profiler`` trace, XLA's FLOP count
@@ -343,49 +356,215 @@ def torch_adamw(model, optim_cfg, impl: str):
     """AdamW with the config's betas/eps/decay; weight decay on tensors with ndim >= 2 (our
     optax mask). ``impl``: 'default' (torch's choice: the per-tensor loop on CPU), 'foreach'
     or 'fused'."""
+    return torch_adamw_params(list(model.parameters()), optim_cfg, impl)
+
+
+def torch_adamw_params(params, optim_cfg, impl: str):
+    """``torch_adamw`` over a list of parameters (one parameter group of a GAN)."""
     import torch
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2]
+    decay = [p for p in params if p.ndim >= 2]
+    other = [p for p in params if p.ndim < 2]
     kw = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": float(optim_cfg.weight_decay)},
-         {"params": other, "weight_decay": 0.0}],
+        [g for g in ({"params": decay, "weight_decay": float(optim_cfg.weight_decay)},
+                     {"params": other, "weight_decay": 0.0}) if g["params"]],
         lr=float(optim_cfg.lr), betas=(float(optim_cfg.b1), float(optim_cfg.b2)),
         eps=float(optim_cfg.eps), **kw)
 
 
 class LatentCase:
-    """Stage 1: FaceLatentModel of ``configs/latent.py:synthtalk64`` (generator + its loss).
+    """Stage 1: FaceLatentModel of a ``configs/latent.py`` variant, the trainer's full step:
+    the generator loss of ``LatentTask`` (reconstruction L1, motion-weighted L1, VGG16
+    perceptual, and the GAN, l_consist and l_cross_id terms the config enables), the
+    discriminator's hinge loss when the config has GAN terms, and one clipped AdamW per
+    parameter group (``LatentTask.param_groups``: discriminator, generator)."""
 
-    NOT IMPLEMENTED YET: the torch FaceLatentModel (``baselines/torch/face_latent.py``) and its
-    loss are still being written. To fill in: build ``vasa_jax.latent.model`` from the config,
-    a jitted step over ``LatentTask``'s generator loss (its draws made explicit, as for stage 2)
-    with ``make_optimizer`` on the ``generator`` group; export the weights with the stage-1
-    converter; build the torch model from the same weights and step it with the same loss,
-    ``clip_grad_norm_`` and AdamW.
-    """
+    def __init__(self, variant: str = "synthtalk64", batch: int | None = None):
+        self.variant, self.batch = variant, batch
 
-    def __init__(self, variant: str = "synthtalk64"):
-        self.variant = variant
+    def config(self):
+        from configs.latent import get_config
+
+        c = get_config(self.variant)
+        if self.batch is not None:
+            c.data.batch_size = self.batch
+        return c
 
     def describe(self) -> dict:
+        c = self.config()
+        m, lc = c.model, c.loss
+        gan = bool(lc.adversarial or lc.feature_matching)
         return {"stage": 1, "model": "FaceLatentModel",
-                "config": f"configs/latent.py:{self.variant}"}
+                "config": f"configs/latent.py:{self.variant}",
+                "batch": int(c.data.batch_size), "resolution": int(m.resolution),
+                "dtype": m.dtype, "images_decoded_per_step": self._decoded(c),
+                "loss_terms": {k: float(lc[k]) for k in ("l1", "motion_l1", "perceptual",
+                                                          "adversarial", "feature_matching",
+                                                          "consist", "cross_id")},
+                "perceptual_layers": int(lc.perceptual_layers),
+                "discriminator_trained": gan,
+                "remat": False,
+                "note": None if gan else (
+                    "no GAN terms in this config: the discriminator is not run; both sides "
+                    "still apply its (zero-gradient) AdamW update, weight decay only, as our "
+                    "trainer does")}
 
+    @staticmethod
+    def _decoded(c) -> int:
+        b, lc = int(c.data.batch_size), c.loss
+        a = max(1, int(round(b * lc.aux_fraction)))
+        return b * (2 if lc.symmetric else 1) + (2 * a if lc.consist else 0) + (
+            a if lc.cross_id else 0)
+
+    def inputs(self, c) -> dict:
+        """A fixed uint8 (b, 2, R, R, 3) batch of (source, driver) frames, seeded."""
+        import numpy as np
+
+        r = np.random.default_rng(0)
+        res = c.model.resolution
+        return {"frames": r.integers(0, 256, (c.data.batch_size, 2, res, res, 3), np.uint8)}
+
+    # -- JAX --------------------------------------------------------------------------------------
     def jax_side(self, total_steps: int) -> JaxSide:
-        raise NotImplementedError(
-            "stage-1 case: the torch FaceLatentModel (baselines/torch/face_latent.py) does not "
-            "exist yet, so there is nothing to compare against")
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        import optax
+        from flax import nnx
 
+        from vasa_jax.interop.face_latent import flax_to_torch, randomize
+        from vasa_jax.train.latent_task import LatentTask, generator_loss_terms
+        from vasa_jax.train.state import lr_schedule, make_optimizer
+
+        c = self.config()
+        task = LatentTask(c)
+        # Weights: deterministic random values for every parameter (``randomize`` of the
+        # abstract model, numpy-seeded): the trainer's initialiser compiles one XLA program per
+        # parameter shape (~30 s here) and a step's time does not depend on the values.
+        model = randomize(nnx.eval_shape(lambda: task.make_model(nnx.Rngs(c.seed))), c.seed)
+        graphdef, *split, rest = nnx.split(model, *task.param_groups.values(), ...)
+        params = dict(zip(task.param_groups, split))
+        groups = tuple(task.param_groups)
+        txs = {g: make_optimizer(c.optim) for g in groups}  # the trainer's: one per group
+        inp = self.inputs(c)
+        frames = jnp.asarray(inp["frames"])
+
+        def grads_fn(p, rest, frames):
+            grads, loss, _ = task.grads(graphdef, p, rest, {"frames": frames}, None)
+            return grads, loss
+
+        def update(grads, opt_state, p):
+            new_p, new_o = {}, {}
+            for g in groups:  # Trainer._step's updates
+                upd, new_o[g] = txs[g].update(grads[g], opt_state[g], p[g])
+                new_p[g] = optax.apply_updates(p[g], upd)
+            return new_p, new_o
+
+        def step(state, rest, frames):
+            p, opt_state = state
+            grads, loss = grads_fn(p, rest, frames)
+            return update(grads, opt_state, p), loss
+
+        exchange = {"w/" + k: v for k, v in flax_to_torch(nnx.state(model)).items()}
+        exchange.update({"in/" + k: np.asarray(v) for k, v in inp.items()})
+        lrs = lr_schedule(c.optim)
+        exchange["lr"] = np.array([float(lrs(i)) for i in range(total_steps)], np.float64)
+
+        def components(state):
+            """Jitted pieces for the profile: the generator loss (forward), both players'
+            gradients (forward+backward), the two optimiser updates."""
+            p, opt_state = state
+
+            def g_loss(p, rest, frames):
+                mdl = nnx.merge(graphdef, *[p[g] for g in groups], rest)
+                return generator_loss_terms(mdl, frames, c.loss)[0]
+
+            fwd = jax.jit(g_loss)
+            fwd_bwd = jax.jit(grads_fn)
+            grads = fwd_bwd(p, rest, frames)[0]
+            upd = jax.jit(update)
+            return {"forward": lambda: fwd(p, rest, frames),
+                    "forward_backward": lambda: fwd_bwd(p, rest, frames),
+                    "optimizer": lambda: upd(grads, opt_state, p)}
+
+        return JaxSide(step=step, state=(params, {g: txs[g].init(params[g]) for g in groups}),
+                       args=(rest, frames),
+                       params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+                       exchange=exchange, info=self.describe(), components=components)
+
+    # -- torch ------------------------------------------------------------------------------------
     def torch_side(self, exchange: dict, adamw: str) -> TorchSide:
-        raise NotImplementedError("stage-1 case: baselines/torch/face_latent.py is not written")
+        import numpy as np
+        import torch
+
+        from baselines.torch import latent_losses as tl
+        from baselines.torch.face_latent import make_face_latent_model
+
+        c = self.config()
+        lc = c.loss
+        model = make_face_latent_model(c.model)
+        model.load_state_dict({k[2:]: torch.from_numpy(v.copy()) for k, v in exchange.items()
+                               if k.startswith("w/")}, strict=True)
+        model.train()
+        frames = torch.from_numpy(np.array(exchange["in/frames"]))
+        vgg = tl.VGG16Features(lc.perceptual_layers) if lc.perceptual else None
+        disc = [p for n, p in model.named_parameters() if n.startswith("discriminator.")]
+        gen = model.generator_parameters()
+        groups = {"discriminator": disc, "generator": gen}
+        opts = {g: torch_adamw_params(ps, c.optim, adamw) for g, ps in groups.items()}
+        clip = float(c.optim.clip_norm)
+        lrs = [float(x) for x in exchange["lr"]]
+        count = [0]
+
+        def zero_grad():
+            for o in opts.values():
+                o.zero_grad(set_to_none=True)
+
+        def grads() -> float:
+            zero_grad()
+            g_total, d_total, _ = tl.stage1_losses(model, frames, lc, vgg)
+            g_total.backward()
+            if d_total is not None:
+                d_total.backward()
+            else:  # our trainer updates the discriminator with zero gradients (weight decay)
+                for p in disc:
+                    p.grad = torch.zeros_like(p)
+            return float(g_total.detach())
+
+        def update():
+            lr = lrs[min(count[0], len(lrs) - 1)]  # the optax schedule, one value per update
+            for g, ps in groups.items():
+                torch.nn.utils.clip_grad_norm_(ps, clip)  # per group, as optax per group
+                for pg in opts[g].param_groups:
+                    pg["lr"] = lr
+                opts[g].step()
+
+        def step() -> float:
+            loss = grads()
+            update()
+            count[0] += 1
+            return loss
+
+        def components():
+            def fwd():
+                with torch.no_grad():
+                    return tl.generator_loss_terms(model, frames, lc, vgg)[0]
+
+            grads()  # gradients present for the optimiser piece
+            return {"forward": fwd, "forward_backward": grads,
+                    "optimizer": lambda: [o.step() for o in opts.values()]}
+
+        return TorchSide(step=step, params=sum(p.numel() for p in model.parameters()),
+                         info={"adamw": adamw, "clip": "clip_grad_norm_ per parameter group"},
+                         components=components)
 
 
 CASES: dict[str, Any] = {
     "motion_paper_b8": MotionCase("paper", 8),
     "latent_synthtalk64": LatentCase("synthtalk64"),
     "motion_test": MotionCase("test", 8),
+    "latent_test": LatentCase("test"),
 }
 DEFAULT_CASES = ("motion_paper_b8", "latent_synthtalk64")
 
@@ -396,7 +575,8 @@ def jax_worker(case, args) -> dict:
     import jax
     import numpy as np
 
-    jax.config.update("jax_enable_compilation_cache", False)  # report real compile times
+    if not args.jax_cache:
+        jax.config.update("jax_enable_compilation_cache", False)  # report real compile times
     total = max(args.warmup, 1) + args.steps  # updates before any profiling
     side = case.jax_side(total)
     np.savez(os.path.join(args.exchange, "exchange.npz"), **side.exchange)
@@ -601,11 +781,14 @@ def spawn(framework: str, case_name: str, args, exchange: str, profile: bool) ->
     """Run one worker process with the thread environment; return its JSON."""
     env = dict(os.environ, **thread_environment(args.threads))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    if args.jax_cache:  # smoke tests only: compile_s is then (partly) a cache read
+        env.update(JAX_COMPILATION_CACHE_DIR=os.path.abspath(args.jax_cache),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--case", case_name,
            "--threads", str(args.threads), "--warmup", str(args.warmup),
            "--steps", str(args.steps), "--exchange", exchange,
            "--torch-adamw", args.torch_adamw, "--profile-reps", str(args.profile_reps),
-           "--top", str(args.top)]
+           "--top", str(args.top), "--jax-cache", args.jax_cache]
     if profile:
         cmd.append("--profile-worker")
     if args.pin:
@@ -689,6 +872,12 @@ def run_case(name: str, args) -> dict:
             res["params_mismatch"] = [res["jax"]["params"], res["torch"]["params"]]
         lj, lt = res["jax"]["losses"], res["torch"]["losses"]
         res["loss_max_rel_diff"] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(lj, lt))
+        # Step 0: same weights, same batch, no update yet: the two losses must agree closely.
+        res["loss_step0_rel_diff"] = abs(lj[0] - lt[0]) / max(abs(lt[0]), 1e-12)
+        if res["loss_step0_rel_diff"] > 1e-4:
+            print(f"WARNING {name}: the step-0 losses differ by "
+                  f"{res['loss_step0_rel_diff']:.2e} (relative; JAX {lj[0]:.6g}, torch "
+                  f"{lt[0]:.6g}): the two sides do not compute the same step")
         if res["loss_max_rel_diff"] > 1e-3:
             print(f"WARNING {name}: the two frameworks' losses differ by "
                   f"{res['loss_max_rel_diff']:.2e} (relative): check the comparison")
@@ -752,6 +941,9 @@ def parse_args(argv=None):
                     help="torch.optim.AdamW implementation (fused: the fastest on CPU, like the "
                          "XLA-fused optax update; default: torch's per-tensor loop)")
     ap.add_argument("--pin", action="store_true", help="taskset both workers to CPUs 0..N-1")
+    ap.add_argument("--jax-cache", default="", metavar="DIR",
+                    help="use JAX's persistent compilation cache in DIR (for smoke tests; "
+                         "compile_s is then not a real compile time). Default: off")
     ap.add_argument("--out", default=DEFAULT_OUT)
     # internal: worker processes
     ap.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
@@ -782,6 +974,7 @@ def main(argv=None) -> dict | None:
     result = {"machine": machine_info(),
               "settings": {"threads": args.threads, "warmup": args.warmup, "steps": args.steps,
                            "pin": args.pin, "torch_adamw": args.torch_adamw,
+                           "jax_compilation_cache": args.jax_cache or None,
                            "profile": args.profile, "target_speedup": TARGET_SPEEDUP,
                            "worker_env": thread_environment(args.threads)},
               "cases": {}}

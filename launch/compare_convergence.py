@@ -2,6 +2,8 @@
 
   python launch/compare_convergence.py --stage=motion --variant=synthtalk --steps=500 \\
       --out=runs/compare/motion
+  python launch/compare_convergence.py --stage=latent --variant=synthtalk64 --steps=300 \\
+      --out=runs/compare/latent
   python launch/compare_convergence.py --config=configs/motion.py:synthtalk \\
       --config.optim.decay_steps=500 --steps=500 --out=runs/compare/motion_short
   # our JAX run against someone else's PyTorch run (TensorBoard event file/dir, or CSV):
@@ -13,10 +15,23 @@ converted with ``vasa_jax.interop``), see the same batches in the same order (ea
 drawn once from our grain loader, with the dataset statistics the trainer uses, and the same
 NumPy arrays go to both), the same per-step randomness (for stage 2: diffusion timesteps, noise
 and condition drops, drawn once per step with the trainer's keys ``fold_in(PRNGKey(seed), step)``
-and per-example ``fold_in(., stream position)``), and the same optimiser (ours:
-``vasa_jax.train.state.make_optimizer``; torch: ``baselines.torch.optim.AdamWLikeOptax``, its
-twin). The JAX side runs our loss (``denoising_loss``) and optimiser in one jitted step; it does
-not use the EMA or the non-finite guard of the trainer (a non-finite loss stops the run).
+and per-example ``fold_in(., stream position)``; stage 1 has none: its objective is
+deterministic given the batch), and the same optimiser (ours:
+``vasa_jax.train.state.make_optimizer``, one per parameter group as the trainer has; torch:
+``baselines.torch.optim.AdamWLikeOptax``, its twin, over the same groups, with weight decay on
+the same tensors). The JAX side runs our loss and optimisers in one jitted step; it does not
+use the EMA or the non-finite guard of the trainer (a non-finite loss stops the run).
+
+Stages:
+  motion  stage 2, MotionDiT: ``denoising_loss``; torch ``baselines/torch/train_motion.py``.
+  latent  stage 1, FaceLatentModel and its discriminator: ``LatentTask.grads`` (generator loss
+          and, with GAN terms, the discriminator's hinge loss), two optimisers (generator,
+          discriminator; ``LatentTask.param_groups``); torch ``baselines/torch/face_latent.py``
+          and ``latent_losses.stage1_losses``. ``loss`` is the generator's total; ``d_loss``,
+          ``d_real``/``d_fake``, each term (l1, motion_l1, perceptual, g_adv, feature_matching,
+          consist, cross_id), psnr and the per-group gradient norms are logged too. A config
+          without GAN terms still gives the discriminator its zero-gradient (decay-only) update
+          on both sides, as the trainer does.
 
 Outputs in --out (all moved into place only when the run has finished; a failed run leaves
 nothing there):
@@ -31,7 +46,8 @@ With --external_log the torch side is not run: ``torch/`` is absent and the exte
 its place ("external" in compare.json).
 
 A stage is a small adapter (``Stage``: build both models from one set of weights, draw batches and
-randomness, one update per framework); ``motion`` (stage 2) is implemented.
+randomness, one update per framework); ``motion`` (stage 2) and ``latent`` (stage 1) are
+implemented.
 """
 
 from __future__ import annotations
@@ -265,7 +281,174 @@ class MotionStage(Stage):
                 "weight_decay_params_torch": sorted(self.decay_names())}
 
 
-STAGES: dict[str, type[Stage]] = {"motion": MotionStage}
+class LatentStage(Stage):
+    """Stage 1: FaceLatentModel, both players (``vasa_jax.train.latent_task``). The objective
+    is deterministic given the batch (no per-step draws). Logged ``loss``: the generator's
+    total; also ``d_loss`` and every term."""
+
+    name = "latent"
+
+    def __init__(self, config):
+        super().__init__(config)
+        from vasa_jax.train.latent_task import LatentTask
+
+        self.task = LatentTask(config)
+        self.groups = tuple(self.task.param_groups)  # ("discriminator", "generator")
+
+    def prepare(self) -> None:
+        self.task.prepare()
+        self._data = iter(self.task.train_loader())
+
+    def next_batch(self):
+        return self.task.device_batch(next(self._data))
+
+    def close(self):
+        self._data = None
+        gc.collect()
+
+    def draws(self, step, batch):
+        return {}
+
+    def init_jax(self) -> None:
+        import jax
+        import optax
+        from flax import nnx
+
+        from vasa_jax.train.state import lr_schedule, make_optimizer
+
+        cfg, task, groups = self.config, self.task, self.groups
+        filters = tuple(task.param_groups.values())
+
+        def make():  # the trainer's initialisation (Trainer._make_model), jitted as it does
+            model = task.make_model(nnx.Rngs(cfg.seed))
+            task.init_model(model)
+            return model
+
+        self.graphdef = nnx.split(nnx.eval_shape(make), *filters, ...)[0]
+        *split, self.rest = jax.jit(lambda: nnx.split(make(), *filters, ...)[1:])()
+        self.params = dict(zip(groups, split))
+        self.optimizers = {g: make_optimizer(cfg.optim) for g in groups}  # one per group
+        self.opt_state = {g: self.optimizers[g].init(self.params[g]) for g in groups}
+        self.lr = lr_schedule(cfg.optim)
+        self.count = 0
+        graphdef, rest, optimizers = self.graphdef, self.rest, self.optimizers
+
+        def step(params, opt_state, batch):  # Trainer._step without EMA and non-finite guard
+            grads, loss, metrics = task.grads(graphdef, params, rest, batch, None)
+            new_params, new_opt = {}, {}
+            for g in groups:
+                updates, new_opt[g] = optimizers[g].update(grads[g], opt_state[g], params[g])
+                new_params[g] = optax.apply_updates(params[g], updates)
+            out = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+            out.update({f"grad_norm/{g}": optax.global_norm(grads[g]) for g in groups})
+            return new_params, new_opt, out
+
+        self._step = jax.jit(step, donate_argnums=(0, 1))
+
+    def jax_step(self, batch, draws):
+        import jax
+
+        lr = float(self.lr(self.count))
+        self.params, self.opt_state, m = self._step(self.params, self.opt_state, batch)
+        self.count += 1
+        out = {k: float(v) for k, v in jax.device_get(m).items()}
+        out["lr"] = lr
+        return out
+
+    def torch_weights(self):
+        from flax import nnx
+
+        from vasa_jax.interop.face_latent import flax_to_torch
+
+        model = nnx.merge(self.graphdef, *[self.params[g] for g in self.groups], self.rest)
+        return flax_to_torch(nnx.state(model))
+
+    def decay_names(self) -> dict[str, set[str]]:
+        """Per group, the torch names of the parameters our optax mask decays (ndim >= 2 in
+        Flax layout)."""
+        import jax
+        import jax.numpy as jnp
+
+        from vasa_jax.interop.face_latent import flax_to_torch
+
+        out = {}
+        for g in self.groups:
+            flags_ = jax.tree.map(lambda x: jnp.full(x.shape, float(x.ndim >= 2), jnp.float32),
+                                  self.params[g])
+            out[g] = {k for k, v in flax_to_torch(flags_).items() if v.size and v.flat[0] == 1.0}
+        return out
+
+    def group_names(self) -> dict[str, set[str]]:
+        """Per group, the torch names of its parameters."""
+        from vasa_jax.interop.face_latent import flax_to_torch
+
+        return {g: set(flax_to_torch(self.params[g])) for g in self.groups}
+
+    def init_torch(self, weights):
+        import torch
+
+        from baselines.torch import latent_losses as tl
+        from baselines.torch.face_latent import make_face_latent_model
+        from baselines.torch.optim import AdamWLikeOptax
+
+        cfg = self.config
+        model = make_face_latent_model(cfg.model)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()},
+                              strict=True)
+        model.train()
+        named = dict(model.named_parameters())
+        names = self.group_names()
+        if set(named) != set().union(*names.values()):
+            raise CompareError(f"torch parameters differ from the converted JAX ones: "
+                               f"{sorted(set(named) ^ set().union(*names.values()))}")
+        if names["discriminator"] != {n for n in named if n.startswith("discriminator.")}:
+            raise CompareError("the discriminator group differs between the frameworks")
+        decay = self.decay_names()
+        self.torch_model = model
+        self.torch_groups = {g: [named[n] for n in sorted(names[g])] for g in self.groups}
+        self.torch_optimizers = {
+            g: AdamWLikeOptax([(n, named[n]) for n in sorted(names[g])], cfg.optim,
+                              decay_names=decay[g]) for g in self.groups}
+        lc = cfg.loss
+        self.vgg = tl.VGG16Features(lc.perceptual_layers) if lc.perceptual else None
+
+    def torch_step(self, batch, draws):
+        import torch
+
+        from baselines.torch import latent_losses as tl
+
+        for opt in self.torch_optimizers.values():
+            opt.zero_grad()
+        frames = torch.from_numpy(np.array(batch["frames"]))
+        g_total, d_total, metrics = tl.stage1_losses(self.torch_model, frames, self.config.loss,
+                                                     self.vgg)
+        g_total.backward()
+        if d_total is not None:
+            d_total.backward()
+        for g, params in self.torch_groups.items():  # as ours: every parameter gets a gradient
+            for p in params:  # (zero where the loss does not reach it), so decay applies
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        out = {k: float(v) for k, v in metrics.items()}
+        norms = {g: self.torch_optimizers[g].step() for g in self.groups}
+        out.update({f"grad_norm/{g}": n["grad_norm"] for g, n in norms.items()})
+        out["grad_norm"] = float(np.sqrt(sum(n["grad_norm"] ** 2 for n in norms.values())))
+        out["lr"] = norms["generator"]["lr"]
+        out["loss"] = float(g_total.detach())
+        return out
+
+    def describe(self):
+        import jax
+
+        decay = self.decay_names()
+        return {"num_params": {g: int(sum(np.prod(x.shape) for x in jax.tree.leaves(p)))
+                               for g, p in self.params.items()},
+                "discriminator_trained": bool(self.config.loss.adversarial
+                                              or self.config.loss.feature_matching),
+                "weight_decay_params_torch": {g: sorted(v) for g, v in decay.items()}}
+
+
+STAGES: dict[str, type[Stage]] = {"motion": MotionStage, "latent": LatentStage}
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -434,8 +617,8 @@ def _run(config, staging: str, stage: Stage, *, steps, external, levels, absolut
         "reference": "external" if external is not None else "torch",
         "seeds": {"config.seed": int(config.seed),
                   "meaning": "JAX model init (nnx.Rngs(seed)); data order (grain seed); per-step "
-                             "draws from fold_in(PRNGKey(seed), step) and the example's stream "
-                             "position"},
+                             "draws (stage 2 only) from fold_in(PRNGKey(seed), step) and the "
+                             "example's stream position"},
         "wall_time": {**{s: timing(s) for s in sides}, "setup_seconds": setup_seconds},
         "stage_info": stage.describe(),
         "versions": _versions(),

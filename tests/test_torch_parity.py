@@ -28,6 +28,7 @@ if REPO not in sys.path:  # the baselines/ folder is not an installed package
     sys.path.insert(0, REPO)
 
 from configs import motion as motion_configs  # noqa: E402
+from vasa_jax.interop import files  # noqa: E402
 from vasa_jax.interop import motion_dit as conv  # noqa: E402
 from vasa_jax.motion import diffusion  # noqa: E402
 from vasa_jax.motion.dit import make_motion_dit  # noqa: E402
@@ -186,8 +187,8 @@ def test_conversion_round_trip_and_errors(tmp_path):
     sd = conv.flax_to_torch(nnx.state(model))
     assert set(sd) == set(conv.torch_names(model))
     path = tmp_path / "w.safetensors"
-    conv.save_safetensors(path, sd)
-    back = conv.torch_to_flax(conv.load_safetensors(path),
+    files.save_safetensors(path, sd)
+    back = conv.torch_to_flax(files.load_safetensors(path),
                               make_motion_dit(cfg.model, rngs=nnx.Rngs(7)))
     a, b = nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(back))
     assert [p for p, _ in a] == [p for p, _ in b]
@@ -238,7 +239,7 @@ def test_torch_checkpoint_files(tmp_path):
     tmodel.set_stats(np.full(m, 0.5), np.full(m, 2.0), np.linspace(-1, 1, a), np.full(a, 3.0))
     path = tmp_path / "m.pt"
     torch.save(tmodel.state_dict(), path)
-    model = conv.torch_to_flax(conv.load_torch_checkpoint(path),
+    model = conv.torch_to_flax(files.load_torch_checkpoint(path),
                                make_motion_dit(cfg.model, rngs=nnx.Rngs(0)))
     back = conv.flax_to_torch(nnx.state(model))
     for name, value in tmodel.state_dict().items():

@@ -17,13 +17,18 @@ Only numpy crosses the boundary: ``flax_to_torch`` returns numpy arrays (wrap wi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from vasa_jax.interop import files
+# The weight-file readers/writers live in ``files`` (shared by every converter); re-exported.
+from vasa_jax.interop.files import load_safetensors, load_torch_checkpoint, save_safetensors
+
+__all__ = ["torch_names", "flax_to_torch", "check_state_dict", "torch_to_flax", "randomize",
+           "save_safetensors", "load_safetensors", "load_torch_checkpoint"]
 
 _EMBEDDINGS = ("segment", "emotion_table")
 _QKV = ("q", "k", "v")
@@ -51,120 +56,26 @@ def _rule(path: tuple, shape: tuple[int, ...]) -> tuple[str, Callable, Callable]
     return ".".join(names), ident, ident
 
 
-def _flat_variables(state_or_model: Any) -> list[tuple[tuple, Any]]:
-    state = (nnx.state(state_or_model) if isinstance(state_or_model, nnx.Module)
-             else state_or_model)
-    return list(nnx.to_flat_state(state))
-
-
 def torch_names(model_or_state: Any) -> dict[str, tuple[int, ...]]:
     """The torch ``state_dict`` names and shapes that correspond to a Flax MotionDiT."""
-    out = {}
-    for path, var in _flat_variables(model_or_state):
-        shape = tuple(np.shape(var.get_value()))
-        name, to_t, _ = _rule(path, shape)
-        out[name] = tuple(to_t(np.empty(shape, np.float32)).shape)
-    return out
+    return files.torch_names(model_or_state, _rule)
 
 
 def flax_to_torch(state: Any) -> dict[str, np.ndarray]:
     """Flax MotionDiT state (``nnx.state(model)``, or the model) -> torch-named numpy arrays
     (parameters and the normalisation statistics), float32, C-contiguous."""
-    out = {}
-    for path, var in _flat_variables(state):
-        value = np.asarray(var.get_value(), dtype=np.float32)
-        name, to_t, _ = _rule(path, value.shape)
-        out[name] = np.ascontiguousarray(to_t(value))
-    return out
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor (no torch import needed)
-        value = value.detach().cpu().float().numpy()
-    return np.asarray(value, dtype=np.float32)
+    return files.flax_to_torch(state, _rule)
 
 
 def check_state_dict(state_dict: Mapping[str, Any], model: nnx.Module) -> None:
     """Raise ValueError naming every missing, unexpected and mis-shaped tensor."""
-    want = torch_names(model)
-    got = {k: tuple(np.shape(v)) if not hasattr(v, "shape") else tuple(v.shape)
-           for k, v in state_dict.items()}
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    bad = sorted(f"{k}: got {got[k]}, expected {want[k]}"
-                 for k in set(want) & set(got) if got[k] != want[k])
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
-    if bad:
-        problems.append(f"mis-shaped tensors [{'; '.join(bad)}]")
-    if problems:
-        raise ValueError(
-            "The state_dict does not match this MotionDiT (check that config.model matches the "
-            "checkpoint's): " + ", ".join(problems) + ".")
+    files.check_state_dict(state_dict, torch_names(model), "MotionDiT")
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], model: nnx.Module) -> nnx.Module:
     """Load a torch-named state_dict (torch tensors or numpy arrays) into ``model`` in place
     and return it. Every tensor must be present with the right shape (else ValueError)."""
-    check_state_dict(state_dict, model)
-    state = nnx.state(model)
-    for path, var in _flat_variables(state):
-        old = var.get_value()
-        name, _, from_t = _rule(path, tuple(np.shape(old)))
-        var.set_value(jnp.asarray(from_t(_to_numpy(state_dict[name])), dtype=old.dtype))
-    nnx.update(model, state)
-    return model
-
-
-# -- files -------------------------------------------------------------------------------------
-
-def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
-                     metadata: Mapping[str, str] | None = None) -> None:
-    """Write torch-named numpy arrays (e.g. ``flax_to_torch(state)``) to a safetensors file,
-    atomically (temporary file in the same directory, then rename)."""
-    from safetensors.numpy import save_file
-
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
-                  metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a safetensors file into numpy arrays (no torch needed)."""
-    from safetensors.numpy import load_file
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No safetensors file at {os.fspath(path)!r}.")
-    return load_file(os.fspath(path))
-
-
-def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ``.pt`` file saved with ``torch.save(model.state_dict(), path)`` (or a dict holding
-    it under ``state_dict``) into numpy arrays. Uses ``torch.load(weights_only=True)``, so the
-    file cannot run code."""
-    import torch
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No checkpoint at {os.fspath(path)!r}.")
-    obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(hasattr(v, "shape") for v in obj.values()):
-        raise ValueError(f"{os.fspath(path)!r} does not hold a state_dict (a mapping of names "
-                         "to tensors).")
-    return {k: _to_numpy(v) for k, v in obj.items()}
+    return files.torch_to_flax(state_dict, model, _rule, "MotionDiT")
 
 
 def randomize(model: nnx.Module, seed: int, *, scale: float = 1.0) -> nnx.Module:
@@ -175,7 +86,7 @@ def randomize(model: nnx.Module, seed: int, *, scale: float = 1.0) -> nnx.Module
     adaLN projections and output head would hide mistakes."""
     rng = np.random.default_rng(seed)
     state = nnx.state(model)
-    for path, var in _flat_variables(state):
+    for path, var in files.flat_variables(state):
         old = var.get_value()
         shape = tuple(np.shape(old))
         last = str(path[-1])

@@ -75,32 +75,7 @@ class LatentTask(Task):
     def generator_outputs(self, model: FaceLatentModel, frames: jax.Array
                           ) -> dict[str, jax.Array]:
         """All images one generator step needs. frames (b, 2, R, R, 3) uint8."""
-        lc = self.config.loss
-        src, drv = to_unit(frames[:, 0]), to_unit(frames[:, 1])
-        b = src.shape[0]
-        both = jnp.concatenate([src, drv])
-        pose, dyn = model.encode_motion(both)
-        vol, zid = model.encode_appearance(both, pose, dyn)
-        s, d = slice(0, b), slice(b, 2 * b)
-        jobs = {"recon": (vol[s], zid[s], pose[d], dyn[d])}
-        if lc.symmetric:
-            jobs["recon_back"] = (vol[d], zid[d], pose[s], dyn[s])
-        a = max(1, int(round(b * lc.aux_fraction)))  # rows that also get l_consist / l_cross_id
-        sa, da = slice(0, a), slice(b, b + a)
-        if lc.consist:
-            jobs["consist_j"] = (vol[da], zid[da], pose[sa], dyn[da])
-            jobs["consist_i"] = (vol[sa], zid[sa], pose[sa], dyn[da])
-        if lc.cross_id:
-            other = lambda x: jnp.roll(x[d], 1, axis=0)[:a]  # noqa: E731  another pair's driver
-            jobs["cross"] = (vol[sa], zid[sa], other(pose), other(dyn))
-        args = [jnp.concatenate([j[k] for j in jobs.values()]) for k in range(4)]
-        images = model.decode(*args)
-        out, start = {}, 0
-        for name, job in jobs.items():
-            out[name] = images[start:start + len(job[0])]
-            start += len(job[0])
-        out.update(src=src, drv=drv, zid_src=zid[sa])
-        return out
+        return generator_outputs(model, frames, self.config.loss)
 
     def grads(self, graphdef, params, rest, batch, key):
         del key  # the objective is deterministic given the batch
@@ -109,53 +84,18 @@ class LatentTask(Task):
 
         def generator_loss(gen):
             model = merge(params["discriminator"], gen)
-            out = self.generator_outputs(model, batch["frames"])
-            fakes = [out["recon"]] + ([out["recon_back"]] if lc.symmetric else [])
-            reals = [out["drv"]] + ([out["src"]] if lc.symmetric else [])
-            fake, real = jnp.concatenate(fakes), jnp.concatenate(reals)
-            m = {"l1": losses.l1_loss(fake, real),
-                 "psnr": losses.psnr(fake, real).mean()}
-            total = lc.l1 * m["l1"]
-            if lc.motion_l1:  # extra L1 where source and driver differ (the moving parts)
-                w = losses.motion_weight_map(out["src"], out["drv"])
-                w = jnp.concatenate([w] * len(fakes))
-                m["motion_l1"] = losses.weighted_l1_loss(fake, real, w)
-                total += lc.motion_l1 * m["motion_l1"]
-            if lc.perceptual:
-                m["perceptual"] = losses.perceptual_loss(fake, real, lc.perceptual_layers)
-                total += lc.perceptual * m["perceptual"]
-            if lc.adversarial or lc.feature_matching:
-                d_fake = model.discriminator(fake)
-                d_real = model.discriminator(real)
-                m["g_adv"] = losses.hinge_generator_loss([lg for _, lg in d_fake])
-                m["feature_matching"] = losses.feature_matching_loss(
-                    [f for f, _ in d_real], [f for f, _ in d_fake])
-                total += lc.adversarial * m["g_adv"] + lc.feature_matching * m["feature_matching"]
-            if lc.consist:
-                m["consist"] = losses.l1_loss(out["consist_j"], out["consist_i"])
-                total += lc.consist * m["consist"]
-            if lc.cross_id:
-                frozen = merge(*jax.lax.stop_gradient((params["discriminator"], gen)))
-                emb = frozen.identity(out["cross"])
-                m["cross_id"] = losses.cosine_distance(
-                    emb, jax.lax.stop_gradient(out["zid_src"])).mean()
-                total += lc.cross_id * m["cross_id"]
-            return total, (m, jax.lax.stop_gradient(fake), real)
+            total, m, fake, real = generator_loss_terms(model, batch["frames"], lc)
+            return total, (m, fake, real)
 
         (g_total, (metrics, fake, real)), g_grads = jax.value_and_grad(
             generator_loss, has_aux=True)(params["generator"])
 
-        def discriminator_loss(disc):
-            model = merge(disc, params["generator"])
-            d_real = [lg for _, lg in model.discriminator(real)]
-            d_fake = [lg for _, lg in model.discriminator(fake)]
-            loss = losses.hinge_discriminator_loss(d_real, d_fake)
-            return loss, {"d_real": sum(x.mean() for x in d_real) / len(d_real),
-                          "d_fake": sum(x.mean() for x in d_fake) / len(d_fake)}
+        def d_loss(disc):
+            return discriminator_loss(merge(disc, params["generator"]), fake, real)
 
-        if lc.adversarial or lc.feature_matching:
+        if uses_discriminator(lc):
             (d_total, d_metrics), d_grads = jax.value_and_grad(
-                discriminator_loss, has_aux=True)(params["discriminator"])
+                d_loss, has_aux=True)(params["discriminator"])
             metrics = dict(metrics, d_loss=d_total, **d_metrics)
         else:  # no GAN terms: the discriminator is not needed (its update is zero)
             d_grads = jax.tree.map(jnp.zeros_like, params["discriminator"])
@@ -184,3 +124,106 @@ class LatentTask(Task):
             return {}
         return {"reenactment": reenactment_grid(model, self.config,
                                                 self.config.eval.train_eval_split, 8)[None]}
+
+
+# -- the stage-1 objective (module level, so that parity tests and baselines can call it) -------
+
+def uses_discriminator(loss_cfg) -> bool:
+    """Whether the generator loss has GAN terms (else the discriminator is not trained)."""
+    return bool(loss_cfg.adversarial or loss_cfg.feature_matching)
+
+
+def generator_outputs(model: FaceLatentModel, frames: jax.Array, loss_cfg
+                      ) -> dict[str, jax.Array]:
+    """All images one generator step needs, from one batched decode.
+
+    frames: uint8 (b, 2, R, R, 3), [:, 0] the sources i and [:, 1] the drivers j.
+    Returns images (n, R, R, 3) in [-1, 1]: ``recon`` (b: V_i with the motion of j),
+    ``recon_back`` (b, with ``loss_cfg.symmetric``: V_j with the motion of i), ``consist_j`` /
+    ``consist_i`` (a = max(1, round(b aux_fraction)) rows each, with ``consist``), ``cross``
+    (a, with ``cross_id``: V_i with the motion of the driver of row (r - 1) mod b); and ``src``,
+    ``drv`` (b, the frames as images) and ``zid_src`` (a, id_dim)."""
+    lc = loss_cfg
+    src, drv = to_unit(frames[:, 0]), to_unit(frames[:, 1])
+    b = src.shape[0]
+    both = jnp.concatenate([src, drv])
+    pose, dyn = model.encode_motion(both)
+    vol, zid = model.encode_appearance(both, pose, dyn)
+    s, d = slice(0, b), slice(b, 2 * b)
+    jobs = {"recon": (vol[s], zid[s], pose[d], dyn[d])}
+    if lc.symmetric:
+        jobs["recon_back"] = (vol[d], zid[d], pose[s], dyn[s])
+    a = max(1, int(round(b * lc.aux_fraction)))  # rows that also get l_consist / l_cross_id
+    sa, da = slice(0, a), slice(b, b + a)
+    if lc.consist:
+        jobs["consist_j"] = (vol[da], zid[da], pose[sa], dyn[da])
+        jobs["consist_i"] = (vol[sa], zid[sa], pose[sa], dyn[da])
+    if lc.cross_id:
+        other = lambda x: jnp.roll(x[d], 1, axis=0)[:a]  # noqa: E731  another pair's driver
+        jobs["cross"] = (vol[sa], zid[sa], other(pose), other(dyn))
+    args = [jnp.concatenate([j[k] for j in jobs.values()]) for k in range(4)]
+    images = model.decode(*args)
+    out, start = {}, 0
+    for name, job in jobs.items():
+        out[name] = images[start:start + len(job[0])]
+        start += len(job[0])
+    out.update(src=src, drv=drv, zid_src=zid[sa])
+    return out
+
+
+def generator_loss_terms(model: FaceLatentModel, frames: jax.Array, loss_cfg
+                         ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, jax.Array]:
+    """The stage-1 generator loss of one batch: frames uint8 (b, 2, R, R, 3) ->
+    (total, metrics, fake, real).
+
+    metrics holds every unweighted term that ``loss_cfg`` enables (``l1``, ``motion_l1``,
+    ``perceptual``, ``g_adv``, ``feature_matching``, ``consist``, ``cross_id``) and ``psnr``;
+    ``fake`` (reconstructions, under stop-gradient) and ``real`` (their targets) are
+    (b or 2b, R, R, 3), the discriminator's inputs. The discriminator's parameters are used,
+    not trained, here (differentiate w.r.t. the generator's only); ``l_cross_id`` embeds with
+    a frozen copy of the model (gradient only through the image)."""
+    lc = loss_cfg
+    out = generator_outputs(model, frames, lc)
+    fakes = [out["recon"]] + ([out["recon_back"]] if lc.symmetric else [])
+    reals = [out["drv"]] + ([out["src"]] if lc.symmetric else [])
+    fake, real = jnp.concatenate(fakes), jnp.concatenate(reals)
+    m = {"l1": losses.l1_loss(fake, real),
+         "psnr": losses.psnr(fake, real).mean()}
+    total = lc.l1 * m["l1"]
+    if lc.motion_l1:  # extra L1 where source and driver differ (the moving parts)
+        w = losses.motion_weight_map(out["src"], out["drv"])
+        w = jnp.concatenate([w] * len(fakes))
+        m["motion_l1"] = losses.weighted_l1_loss(fake, real, w)
+        total += lc.motion_l1 * m["motion_l1"]
+    if lc.perceptual:
+        m["perceptual"] = losses.perceptual_loss(fake, real, lc.perceptual_layers)
+        total += lc.perceptual * m["perceptual"]
+    if uses_discriminator(lc):
+        d_fake = model.discriminator(fake)
+        d_real = model.discriminator(real)
+        m["g_adv"] = losses.hinge_generator_loss([lg for _, lg in d_fake])
+        m["feature_matching"] = losses.feature_matching_loss(
+            [f for f, _ in d_real], [f for f, _ in d_fake])
+        total += lc.adversarial * m["g_adv"] + lc.feature_matching * m["feature_matching"]
+    if lc.consist:
+        m["consist"] = losses.l1_loss(out["consist_j"], out["consist_i"])
+        total += lc.consist * m["consist"]
+    if lc.cross_id:
+        graphdef, state = nnx.split(model)
+        frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+        emb = frozen.identity(out["cross"])
+        m["cross_id"] = losses.cosine_distance(
+            emb, jax.lax.stop_gradient(out["zid_src"])).mean()
+        total += lc.cross_id * m["cross_id"]
+    return total, m, jax.lax.stop_gradient(fake), real
+
+
+def discriminator_loss(model: FaceLatentModel, fake: jax.Array, real: jax.Array
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Hinge loss of the multi-scale discriminator on ``real`` and ``fake`` (n, R, R, 3) ->
+    (loss, {"d_real", "d_fake": mean logits averaged over scales})."""
+    d_real = [lg for _, lg in model.discriminator(real)]
+    d_fake = [lg for _, lg in model.discriminator(fake)]
+    loss = losses.hinge_discriminator_loss(d_real, d_fake)
+    return loss, {"d_real": sum(x.mean() for x in d_real) / len(d_real),
+                  "d_fake": sum(x.mean() for x in d_fake) / len(d_fake)}
