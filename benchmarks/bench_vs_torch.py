@@ -430,12 +430,11 @@ class LatentCase:
         import jax
         import jax.numpy as jnp
         import numpy as np
-        import optax
         from flax import nnx
 
         from vasa_jax.interop.face_latent import flax_to_torch, randomize
         from vasa_jax.train.latent_task import LatentTask, generator_loss_terms
-        from vasa_jax.train.state import lr_schedule, make_optimizer
+        from vasa_jax.train.state import lr_schedule, make_optimizer, update_groups
 
         c = self.config()
         task = LatentTask(c)
@@ -454,12 +453,8 @@ class LatentCase:
             grads, loss, _ = task.grads(graphdef, p, rest, {"frames": frames}, None)
             return grads, loss
 
-        def update(grads, opt_state, p):
-            new_p, new_o = {}, {}
-            for g in groups:  # Trainer._step's updates
-                upd, new_o[g] = txs[g].update(grads[g], opt_state[g], p[g])
-                new_p[g] = optax.apply_updates(p[g], upd)
-            return new_p, new_o
+        def update(grads, opt_state, p):  # Trainer._step's updates
+            return update_groups(txs, grads, opt_state, p)
 
         def step(state, rest, frames):
             p, opt_state = state

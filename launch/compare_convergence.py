@@ -314,7 +314,7 @@ class LatentStage(Stage):
         import optax
         from flax import nnx
 
-        from vasa_jax.train.state import lr_schedule, make_optimizer
+        from vasa_jax.train.state import lr_schedule, make_optimizer, update_groups
 
         cfg, task, groups = self.config, self.task, self.groups
         filters = tuple(task.param_groups.values())
@@ -335,10 +335,7 @@ class LatentStage(Stage):
 
         def step(params, opt_state, batch):  # Trainer._step without EMA and non-finite guard
             grads, loss, metrics = task.grads(graphdef, params, rest, batch, None)
-            new_params, new_opt = {}, {}
-            for g in groups:
-                updates, new_opt[g] = optimizers[g].update(grads[g], opt_state[g], params[g])
-                new_params[g] = optax.apply_updates(params[g], updates)
+            new_params, new_opt = update_groups(optimizers, grads, opt_state, params)
             out = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
             out.update({f"grad_norm/{g}": optax.global_norm(grads[g]) for g in groups})
             return new_params, new_opt, out

@@ -52,6 +52,18 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
                     weight_decay=cfg.weight_decay, mask=decay_mask))
 
 
+def update_groups(optimizers: dict[str, optax.GradientTransformation], grads: dict[str, Any],
+                  opt_state: dict[str, Any], params: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One optimiser step per parameter group (each group has its own optimiser and state):
+    -> (new params, new optimiser states), both keyed by group like ``optimizers``."""
+    new_params, new_opt = {}, {}
+    for g, tx in optimizers.items():
+        updates, new_opt[g] = tx.update(grads[g], opt_state[g], params[g])
+        new_params[g] = optax.apply_updates(params[g], updates)
+    return new_params, new_opt
+
+
 def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
     """EMA with the usual warm-up: the effective decay is min(decay, (1 + s) / (10 + s))."""
     s = step.astype(jnp.float32)

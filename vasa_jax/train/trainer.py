@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from vasa_jax import parallel
 from vasa_jax.checkpoint import Checkpointer, abstract_like
 from vasa_jax.train.state import (TrainState, all_finite, ema_update, lr_schedule,
-                                  make_optimizer)
+                                  make_optimizer, update_groups)
 from vasa_jax.train.task import Task
 
 
@@ -189,11 +189,8 @@ class Trainer:
     def _step(self, state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(self.base_key, state.step)
         grads, loss, metrics = self.task.grads(self.graphdef, state.params, state.rest, batch, key)
-        new_params, new_opt = {}, {}
-        for g in self.groups:
-            updates, new_opt[g] = self.optimizers[g].update(grads[g], state.opt_state[g],
-                                                            state.params[g])
-            new_params[g] = optax.apply_updates(state.params[g], updates)
+        new_params, new_opt = update_groups(self.optimizers, grads, state.opt_state,
+                                            state.params)
         ok = jnp.isfinite(loss) & all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         params = keep(new_params, state.params)
