@@ -48,7 +48,12 @@ EXTRAS = {
             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1",
             "python_speech_features==0.6",  # SyncNet MFCC parity (vasa_jax.eval.mfcc)
             "safetensors>=0.4",  # vasa_jax.interop weight files (checked with 0.8.0)
-            "matplotlib>=3.8"],  # plots of the eval table and the convergence comparison
+            "matplotlib>=3.8",  # plots of the eval table and the convergence comparison
+            # the VoxCeleb2/latents builders' Beam DirectRunner tests (resolved here together
+            # with protobuf<5; installed alone, 2.77 would pull protobuf 6)
+            "apache-beam>=2.77,<2.78",
+            # wav2vec 2.0 parity against HF's PyTorch Wav2Vec2Model (4.57 works with torch 2.13)
+            "transformers>=4.57,<4.58"],
 }
 
 setup(
