@@ -1,7 +1,8 @@
 """Stage 2 (MotionDiT) configs. Variants: ``test`` (tiny, CPU tests), ``synthtalk`` (trains in
 under 20 minutes on a 2-core CPU, on SynthTalk's ground-truth motion), ``synthtalk_latents``
 (the same on stage-1 latents of SynthTalk: the ``latents`` dataset), ``paper`` (8 layers x 512
-wide x 8 heads, W=50, K=10).
+wide x 8 heads, W=50, K=10); ``test_wav2vec2``, ``synthtalk_wav2vec2``, ``paper_wav2vec2``: the
+same with wav2vec 2.0 audio features (``--config.audio.checkpoint=<converted dir>``).
 
 Launch:
   python launch/train.py --config=configs/motion.py:synthtalk --workdir=runs/motion
@@ -54,6 +55,7 @@ def base() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.motion_dim = 12  # SynthTalk's ground-truth track; latents set their own
     c.model.audio_dim = c.audio.get_ref("n_mels") * c.audio.get_ref("hops_per_frame")
+    c.model.audio_layers = 1  # >1: audio features are that many stacked vectors, learned mix
     c.model.width = 512
     c.model.depth = 8
     c.model.heads = 8
@@ -167,6 +169,28 @@ def _paper(c):
     pass  # the base values are the paper's (8 x 512 x 8 heads, W=50, K=10)
 
 
+def _wav2vec2(c):
+    """The wav2vec2 audio frontend (``vasa_jax.motion.audio.Wav2Vec2Frontend``) instead of
+    log-mel: every hidden state, mixed with learned weights in the model. Needs
+    ``--config.audio.checkpoint=<dir written by vasa-jax convert wav2vec2>``; the feature width
+    and layer count come from that checkpoint (``audio_dim = audio_layers = 0``)."""
+    c.audio = ml_collections.ConfigDict(dict(
+        frontend="wav2vec2", checkpoint="", layer=-1, mix_layers=True, chunk_frames=500,
+        context_frames=25, dtype="float32"))
+    c.model.audio_dim = 0
+    c.model.audio_layers = 0
+
+
+def _with_wav2vec2(variant):
+    def apply(c):
+        variant(c)
+        _wav2vec2(c)
+    apply.__doc__ = f"``{variant.__name__[1:]}`` with the wav2vec2 audio frontend."
+    return apply
+
+
 VARIANTS = {"test": _test, "synthtalk": _synthtalk, "synthtalk_latents": _synthtalk_latents,
             "quickstart_latents": _quickstart_latents, "test_latents": _test_latents,
             "paper": _paper}
+VARIANTS.update({f"{name}_wav2vec2": _with_wav2vec2(VARIANTS[name])
+                 for name in ("test", "synthtalk", "paper")})

@@ -208,3 +208,33 @@ def test_mel_frontend_alignment():
     noisy = np.clip(noisy, -1.0, 32767 / 32768)
     pcm = np.round(noisy * 32768).astype(np.int16)
     np.testing.assert_allclose(fe(pcm), fe(noisy), atol=0.05)
+
+
+def test_learned_layer_mix_of_stacked_audio_features():
+    """``audio_layers=3``: identical stacked vectors give the one-vector model's output whatever
+    the mix weights; different vectors make the mix weights trainable (non-zero gradient)."""
+    c = get_config("test").model
+    c3 = c.copy_and_resolve_references()
+    c3.audio_dim, c3.audio_layers = 3 * c.audio_dim, 3
+    three = perturbed(make_motion_dit(c3, rngs=nnx.Rngs(0)))
+    one = make_motion_dit(c, rngs=nnx.Rngs(0))  # then given three's weights, bar the mix
+    shared = nnx.state(three).to_pure_dict()
+    shared.pop("audio_mix")
+    for k in ("audio_mean", "audio_std"):
+        shared[k] = shared[k][: c.audio_dim]
+    state = nnx.state(one)
+    nnx.replace_by_pure_dict(state, shared)
+    nnx.update(one, state)
+    cond = _cond(one, jax.random.PRNGKey(0))
+    x, t = jax.random.normal(jax.random.PRNGKey(1), (B, one.window, one.motion_dim)), jnp.ones(B)
+    stacked = {**cond, "audio": jnp.tile(cond["audio"], 3),
+               "audio_pre": jnp.tile(cond["audio_pre"], 3)}
+    three.audio_mix[...] = jnp.array([0.3, -1.0, 2.0])
+    np.testing.assert_allclose(three(x, t, stacked), one(x, t, cond), atol=1e-5)
+    mixed = {**cond, "audio": jnp.concatenate([cond["audio"], -cond["audio"], 0 * cond["audio"]],
+                                              -1), "audio_pre": stacked["audio_pre"]}
+    grad = nnx.grad(lambda m: jnp.sum(m(x, t, mixed) ** 2))(three)
+    assert float(jnp.abs(grad.audio_mix[...]).max()) > 0
+    with pytest.raises(ValueError, match="audio_layers=3"):
+        c3.audio_dim = 10
+        make_motion_dit(c3, rngs=nnx.Rngs(0))

@@ -37,21 +37,31 @@ class MotionDiT(nnx.Module):
     """x0-predicting diffusion transformer.
 
     Args (from ``config.model``): motion_dim M, audio_dim A, width, depth, heads, mlp_ratio,
-    window W, context K, num_emotions (0: no emotion condition), dtype ('float32'/'bfloat16').
+    window W, context K, num_emotions (0: no emotion condition), dtype ('float32'/'bfloat16'),
+    audio_layers N: the audio features of a frame are N stacked feature vectors of A / N each
+    (e.g. every hidden state of wav2vec 2.0, layer-major), mixed with learned softmax weights
+    (zero-initialised: an even mix) before the audio embedding; 1 = no mix.
     """
 
     def __init__(self, motion_dim: int, audio_dim: int, *, width: int = 512, depth: int = 8,
                  heads: int = 8, mlp_ratio: float = 4.0, window: int = 50, context: int = 10,
-                 num_emotions: int = 4, dtype: str = "float32", rngs: nnx.Rngs):
+                 num_emotions: int = 4, dtype: str = "float32", audio_layers: int = 1,
+                 rngs: nnx.Rngs):
         dt = dtype_of(dtype)
-        self.motion_dim, self.audio_dim = motion_dim, audio_dim
+        if audio_layers < 1 or audio_dim % audio_layers:
+            raise ValueError(f"audio_dim={audio_dim} is not audio_layers={audio_layers} feature "
+                             f"vectors of equal width.")
+        self.motion_dim, self.audio_dim, self.audio_layers = motion_dim, audio_dim, audio_layers
         self.window, self.context, self.num_emotions = window, context, num_emotions
         self.dtype = dt
         self.motion_mean, self.motion_std = stat(np.zeros(motion_dim)), stat(np.ones(motion_dim))
         self.audio_mean, self.audio_std = stat(np.zeros(audio_dim)), stat(np.ones(audio_dim))
 
         self.motion_in = dense(motion_dim, width, ("motion", "embed"), rngs=rngs, dtype=dt)
-        self.audio_in = EmbedMlp(audio_dim, width, rngs=rngs, dtype=dt)
+        if audio_layers > 1:
+            self.audio_mix = nnx.Param(jnp.zeros((audio_layers,), jnp.float32),
+                                       out_sharding=(None,))
+        self.audio_in = EmbedMlp(audio_dim // audio_layers, width, rngs=rngs, dtype=dt)
         self.null_audio = learned((width,), ("embed",), rngs=rngs)
         self.segment = learned((2, width), (None, "embed"), rngs=rngs)
         self.position = learned((context + window, width), (None, "embed"), rngs=rngs)
@@ -120,6 +130,10 @@ class MotionDiT(nnx.Module):
         if "audio_frames" in drop:
             frame_audio = frame_audio & jnp.concatenate(
                 [jnp.ones((b, k), bool), drop["audio_frames"]], axis=1)
+        if self.audio_layers > 1:  # (B, K+W, N * A/N) -> learned mix over the N vectors
+            weights = jax.nn.softmax(self.audio_mix[...])
+            audio = jnp.einsum("btnd,n->btd", audio.reshape(*audio.shape[:2], self.audio_layers,
+                                                            -1), weights)
         a_emb = self.audio_in(audio.astype(self.dtype))
         a_emb = jnp.where(frame_audio[..., None], a_emb, self.null_audio[...].astype(self.dtype))
         motion = jnp.concatenate([cond["motion_pre"], x_t], axis=1)
@@ -166,4 +180,5 @@ def make_motion_dit(model_cfg: Any, *, rngs: nnx.Rngs) -> MotionDiT:
         model_cfg.motion_dim, model_cfg.audio_dim, width=model_cfg.width,
         depth=model_cfg.depth, heads=model_cfg.heads, mlp_ratio=model_cfg.mlp_ratio,
         window=model_cfg.window, context=model_cfg.context,
-        num_emotions=model_cfg.num_emotions, dtype=model_cfg.dtype, rngs=rngs)
+        num_emotions=model_cfg.num_emotions, dtype=model_cfg.dtype,
+        audio_layers=model_cfg.get("audio_layers", 1), rngs=rngs)

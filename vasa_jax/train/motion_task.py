@@ -28,6 +28,20 @@ def frontend_from_config(config):
     return make_frontend(a.frontend, **{k: v for k, v in a.items() if k != "frontend"})
 
 
+def fill_audio_dims(config, frontend) -> None:
+    """Check (or, where 0, set) ``model.audio_dim`` and ``model.audio_layers`` from the frontend:
+    a wav2vec2 frontend's width depends on its checkpoint."""
+    m = config.model
+    layers = getattr(frontend, "num_layers_out", 1)
+    for field, value in (("audio_dim", frontend.dim), ("audio_layers", layers)):
+        if m.get(field, 1) == 0:
+            m[field] = value
+        elif m.get(field, 1) != value:
+            raise ValueError(f"config.model.{field}={m.get(field, 1)} but the {frontend.name} "
+                             f"frontend gives {value}; set it to {value}, or to 0 to take it "
+                             f"from the frontend.")
+
+
 def loader_config(config, *, split: str, num_frames: int, train: bool, batch_size: int,
                   shard_index=None, shard_count=None) -> LoaderConfig:
     """Motion-only windows (no pixels, no raw audio; audio features come from a clip
@@ -121,9 +135,7 @@ class MotionTask(Task):
     def __init__(self, config):
         super().__init__(config)
         self.frontend = frontend_from_config(config)
-        if self.frontend.dim != config.model.audio_dim:
-            raise ValueError(f"config.model.audio_dim={config.model.audio_dim} but the "
-                             f"{self.frontend.name} frontend gives {self.frontend.dim} features.")
+        fill_audio_dims(config, self.frontend)
         self.schedule = diffusion.make_schedule(config.diffusion.schedule,
                                                 config.diffusion.train_steps)
         self.stats: dict[str, np.ndarray] | None = None
