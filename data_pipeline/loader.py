@@ -80,7 +80,10 @@ def dataset_dir(dataset: str, config: str, data_dir: str | None = None) -> epath
             epath.Path(data_dir) / dataset).exists() else []
         hint = (f" Prepared configs there: {', '.join(present)}." if present else "")
         build = (f"vasa-jax data build {dataset} --config {config} --data-dir {data_dir}"
-                 if dataset == "synthtalk" else f"vasa-jax data build {dataset} --data-dir {data_dir}")
+                 if dataset == "synthtalk" else
+                 f"vasa-jax data build voxceleb2 --manual-dir YOUR_VOXCELEB2_DOWNLOAD "
+                 f"--config {config} --data-dir {data_dir}" if dataset == "voxceleb2" else
+                 f"vasa-jax data build {dataset} --data-dir {data_dir}")
         raise DatasetNotFoundError(
             f"No prepared dataset '{dataset}/{config}' under {data_dir}.{hint} "
             f"Build it with: {build}  (or point --data-dir / $VASA_JAX_DATA_DIR at it).")
@@ -211,7 +214,8 @@ class ClipWindow(grain.transforms.Map):
     random_frames: int = 0
 
     def map(self, ex: dict[str, Any]) -> dict[str, Any]:
-        total = next(len(ex[k]) for k in ("motion", "frames", "audio_features") if k in ex)
+        total = next((len(ex[k]) for k in ("motion", "frames", "audio_features") if k in ex),
+                     len(ex["audio"]) // SAMPLES_PER_FRAME if "audio" in ex else 0)
         if self.random_frames:
             return self._pick_frames(ex, total)
         if total < self.num_frames:
