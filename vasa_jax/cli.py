@@ -4,6 +4,7 @@
   vasa-jax data build synthtalk [--config NAME]  build a SynthTalk TFDS dataset (ArrayRecord)
   vasa-jax data show [--config NAME]             contact sheet PNG + mp4 with sound of a split
   vasa-jax data build latents --stage1-workdir DIR   stage-1 motion latents of a video dataset
+  vasa-jax data build voxceleb2 --manual-dir DIR [--beam-runner R]   VoxCeleb2 (ArrayRecord)
   vasa-jax train latent --workdir DIR            train stage 1 (FaceLatentModel) on one host
   vasa-jax train motion --workdir DIR            train stage 2 (MotionDiT) on one host
   vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
@@ -15,6 +16,7 @@
   vasa-jax eval generate-set --real DIR ...      a generated clip set from a real one
   vasa-jax generate --image P --audio A --out V  a talking-face mp4 from a photo and speech
   vasa-jax verify VIDEO                          watermark, C2PA manifest and safety tags
+  vasa-jax convert wav2vec2 --hf-dir D --out O   Hugging Face wav2vec2 weights -> orbax
 
 Multi-host training goes through ``launch/train.py`` (see the README).
 """
@@ -480,6 +482,120 @@ def build_latents_cmd(args) -> str:
     return name
 
 
+def convert_wav2vec2(args) -> str:
+    """``vasa-jax convert wav2vec2``: a Hugging Face wav2vec2 directory -> our orbax checkpoint
+    (written to a temporary directory, then renamed to --out)."""
+    from vasa_jax.interop import wav2vec2 as w2v
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {args.out} is a file; give a directory.")
+    if os.path.isdir(out) and os.listdir(out) and not args.force:
+        raise UserError(f"--out {args.out} exists and is not empty; choose another directory "
+                        "or pass --force to replace it.")
+    t0 = time.time()
+    try:
+        config, model = w2v.convert_hf(args.hf_dir)
+        preprocessor = w2v.read_preprocessor(args.hf_dir)
+        w2v.save_converted(config, model, out, preprocessor, overwrite=args.force,
+                           source=os.path.abspath(args.hf_dir))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise UserError(str(e)) from None
+    from vasa_jax.motion.wav2vec2 import num_params
+
+    print(f"Converted {args.hf_dir}: wav2vec2, {config.layout}; {config.num_hidden_layers} "
+          f"layers x {config.hidden_size} ({config.num_attention_heads} heads), "
+          f"{num_params(model) / 1e6:.1f}M parameters; preprocessor {preprocessor}.")
+    print(f"Wrote {out} in {time.time() - t0:.1f} s (load it with "
+          "vasa_jax.interop.wav2vec2.load_converted).")
+    return out
+
+
+def _voxceleb2_config(args):
+    from data_pipeline.voxceleb2 import voxceleb2_dataset_builder as vb
+
+    try:
+        base = vb.config_from_name(args.config) if args.config else vb.make_config()
+        return vb.make_config(
+            args.resolution or base.resolution, args.clip_frames or base.clip_frames,
+            validation_fraction=(base.validation_fraction if args.validation_fraction is None
+                                 else args.validation_fraction),
+            quality_scorer=(base.quality_scorer if args.quality_scorer is None
+                            else args.quality_scorer),
+            quality_threshold=(base.quality_threshold if args.quality_threshold is None
+                               else args.quality_threshold))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def build_voxceleb2_cmd(args) -> str:
+    """``vasa-jax data build voxceleb2``: the VoxCeleb2 download -> ArrayRecord clips, with
+    progress and a summary (clips written, skipped files and why, hours of video)."""
+    import shlex
+
+    from data_pipeline.loader import default_data_dir
+    from data_pipeline.voxceleb2 import report
+    from data_pipeline.voxceleb2 import voxceleb2_dataset_builder as vb
+
+    cfg = _voxceleb2_config(args)
+    try:
+        vb.find_identities(args.manual_dir)  # a missing or empty download: the layout, at once
+    except vb.ManualDirError as e:
+        raise UserError(str(e)) from None
+    data_dir = args.data_dir or default_data_dir()
+    beam_flags = None
+    if args.beam_runner or args.beam_options:
+        beam_flags = ([f"--runner={args.beam_runner}"] if args.beam_runner else []) + \
+            shlex.split(args.beam_options or "")
+        runner = args.beam_runner or "DirectRunner"
+        if runner != "DirectRunner":
+            local = [d for d in (args.manual_dir, data_dir) if "://" not in d]
+            if local and runner == "DataflowRunner":
+                raise UserError(f"Dataflow workers cannot read or write this machine's "
+                                f"directories ({', '.join(local)}); put the download and the "
+                                f"--data-dir on Cloud Storage (gs://...).")
+            if local:
+                print(f"Note: {runner} workers must see {', '.join(local)} at the same path "
+                      f"(a shared filesystem); otherwise use gs:// or another shared URL.")
+    last = [0.0]
+
+    def progress(split, counts):
+        now = time.time()
+        if now - last[0] >= args.progress_every:
+            last[0] = now
+            skipped = sum(v for k, v in counts.items() if k.startswith("skipped_videos_"))
+            print(f"  [{split}] {counts.get('videos', 0)} files, "
+                  f"{counts.get('clips_written', 0)} clips, {skipped} files skipped, "
+                  f"{counts.get('video_ms', 0) / 3.6e6:.2f} h decoded", flush=True)
+
+    how = ("without Beam" if beam_flags is None else
+           f"with Apache Beam ({args.beam_runner or 'DirectRunner'}; progress in the runner's "
+           f"logs/UI)")
+    print(f"Building voxceleb2/{cfg.name} from {args.manual_dir} into {data_dir} {how}",
+          flush=True)
+    try:
+        path, summary = vb.build_voxceleb2(args.manual_dir, cfg, data_dir=data_dir,
+                                           beam_flags=beam_flags, overwrite=args.overwrite,
+                                           progress=progress)
+    except (vb.ManualDirError, vb.NoClipsError, ImportError) as e:
+        raise UserError(str(e)) from None
+    except PermissionError as e:
+        raise UserError(f"Cannot write the dataset: {e}. Choose a writable --data-dir.") from None
+    if summary.get("reused"):
+        print(f"voxceleb2/{cfg.name} is already prepared at {path} (use --overwrite to "
+              f"rebuild). Its build report:")
+    else:
+        print(f"Built voxceleb2/{cfg.name} at {path} in {summary['build_seconds']:.1f} s.")
+    if "splits" in summary:
+        print(report.format_summary(summary))
+    print(f"Full report: {path}/{report.REPORT_FILE}. Read it with LoaderConfig("
+          f"dataset='voxceleb2', config='{cfg.name}', data_dir='{data_dir}')" +
+          (f", or train stage 1: vasa-jax train latent --variant vox{cfg.resolution} "
+           f"--workdir runs/latent_vox{cfg.resolution} --data-dir {data_dir}"
+           if cfg.name in ("res256", "res512") else "") + ".")
+    return cfg.name
+
+
 def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="named config, e.g. res64_small (see --help of the builder)")
     p.add_argument("--resolution", type=int, help="frame side in pixels (default 64)")
@@ -633,6 +749,15 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("video")
     v.set_defaults(func=verify)
 
+    cv = sub.add_parser("convert", help="convert pretrained weights from other frameworks")
+    cvsub = cv.add_subparsers(dest="model", required=True)
+    cw = cvsub.add_parser("wav2vec2", help="a Hugging Face wav2vec2 directory (config.json + "
+                          "model.safetensors or pytorch_model.bin) -> an orbax checkpoint")
+    cw.add_argument("--hf-dir", required=True, help="the downloaded Hugging Face model folder")
+    cw.add_argument("--out", required=True, help="output directory (must be empty or new)")
+    cw.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    cw.set_defaults(func=convert_wav2vec2)
+
     data = sub.add_parser("data", help="build and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="build a TFDS dataset")
@@ -652,6 +777,34 @@ def parser() -> argparse.ArgumentParser:
                                                         "here; pass runner flags for clusters)")
     lt.add_argument("--overwrite", action="store_true")
     lt.set_defaults(func=build_latents_cmd)
+
+    vx = bsub.add_parser("voxceleb2", help="VoxCeleb2 from its manual download (plain, or "
+                                           "Apache Beam: DirectRunner, Dataflow, Flink, Spark)")
+    vx.add_argument("--manual-dir", required=True,
+                    help="the unzipped download: dev/mp4/idXXXXX/<video_id>/NNNNN.mp4, "
+                         "test/mp4/..., optional dev/aac/... (local path or gs://)")
+    vx.add_argument("--config", default=None,
+                    help="res256 (default) or res512, or a name printed by an earlier build")
+    vx.add_argument("--resolution", type=int, help="frame side in px (overrides --config)")
+    vx.add_argument("--clip-frames", type=int, help="frames per clip at 25 fps (default 75)")
+    vx.add_argument("--validation-fraction", type=float,
+                    help="share of dev identities held out for validation (default 0.02)")
+    vx.add_argument("--quality-scorer", default=None,
+                    help="a registered blind quality score (laplacian_sharpness); clips below "
+                         "--quality-threshold are skipped")
+    vx.add_argument("--quality-threshold", type=float, default=None)
+    vx.add_argument("--data-dir", default=None, help="TFDS data dir (default $VASA_JAX_DATA_DIR "
+                    "or ~/tensorflow_datasets; gs:// for Dataflow)")
+    vx.add_argument("--beam-runner", default=None,
+                    help="build with Apache Beam on this runner: DirectRunner, DataflowRunner, "
+                         "FlinkRunner, SparkRunner, ... (default: no Beam)")
+    vx.add_argument("--beam-options", default=None,
+                    help="more Beam pipeline flags in one string, e.g. '--project=P "
+                         "--region=R --temp_location=gs://B/tmp' (implies Beam)")
+    vx.add_argument("--progress-every", type=float, default=5.0,
+                    help="seconds between progress lines (plain builds)")
+    vx.add_argument("--overwrite", action="store_true", help="rebuild even if prepared")
+    vx.set_defaults(func=build_voxceleb2_cmd)
 
     s = dsub.add_parser("show", help="contact sheet PNG + mp4 with sound of a few clips")
     s.add_argument("--dataset", default="synthtalk")
