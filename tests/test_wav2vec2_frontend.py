@@ -172,3 +172,24 @@ def test_latents_builder_records_and_rebuilds_the_wav2vec2_frontend(tiny_w2v):
     audio = np.random.default_rng(4).normal(0, 0.1, 5 * SAMPLES_PER_FRAME).astype(np.float32)
     np.testing.assert_array_equal(lb._make_frontend(settings)(audio),
                                   make_frontend("wav2vec2", checkpoint=ckpt, layer=1)(audio))
+
+
+def test_latents_built_from_the_cli_store_wav2vec2_features(tiny_w2v, stage1_workdir,
+                                                           synthtalk_tiny, tmp_path):
+    """``vasa-jax data build latents --audio frontend=wav2vec2 --audio checkpoint=DIR``: the
+    stored audio features are the frontend's on each clip's audio."""
+    from data_pipeline.loader import open_source
+    from vasa_jax.cli import main
+
+    _, ckpt = tiny_w2v
+    out = str(tmp_path / "tfds")
+    assert main(["data", "build", "latents", "--stage1-workdir", stage1_workdir,
+                 "--source-config", "res64_tiny", "--source-data-dir", synthtalk_tiny,
+                 "--data-dir", out, "--audio", "frontend=wav2vec2", "--audio",
+                 f"checkpoint={ckpt}", "--audio", "layer=1"]) == 0
+    (name,) = os.listdir(os.path.join(out, "latents"))
+    lat, info = open_source("latents", name, "test", out)
+    src, _ = open_source("synthtalk", "res64_tiny", "test", synthtalk_tiny)
+    assert info.metadata["audio"]["frontend"] == "wav2vec2"
+    want = make_frontend("wav2vec2", checkpoint=ckpt, layer=1)(src[0]["audio"])
+    np.testing.assert_allclose(lat[0]["audio_features"], want, atol=1e-5)

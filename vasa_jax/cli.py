@@ -465,6 +465,25 @@ def verify(args) -> int:
     return report
 
 
+def _audio_settings(pairs: list[str]) -> dict | None:
+    """``["frontend=wav2vec2", "checkpoint=DIR", "layer=9"]`` -> the audio frontend's settings
+    (values read as Python literals where they parse, else kept as strings); None if empty."""
+    import ast
+
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--audio takes FIELD=VALUE (e.g. frontend=wav2vec2); got {pair!r}.")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def build_latents_cmd(args) -> str:
     from data_pipeline.latents.latents_dataset_builder import build_latents
     from data_pipeline.loader import DatasetNotFoundError
@@ -472,7 +491,8 @@ def build_latents_cmd(args) -> str:
     try:
         name = build_latents(args.source, args.source_config, args.stage1_workdir,
                              data_dir=args.data_dir, source_data_dir=args.source_data_dir,
-                             use_beam=args.beam, overwrite=args.overwrite)
+                             use_beam=args.beam, overwrite=args.overwrite,
+                             audio=_audio_settings(args.audio))
     except (FileNotFoundError, DatasetNotFoundError, ValueError, ImportError) as e:
         raise UserError(str(e)) from None
     print(f"Built latents/{name}. Train stage 2 on it with:\n  python launch/train.py "
@@ -776,6 +796,9 @@ def parser() -> argparse.ArgumentParser:
     lt.add_argument("--beam", action="store_true", help="build with Apache Beam (DirectRunner "
                                                         "here; pass runner flags for clusters)")
     lt.add_argument("--overwrite", action="store_true")
+    lt.add_argument("--audio", action="append", default=[], metavar="FIELD=VALUE",
+                    help="audio frontend settings (default: configs/motion.py's log-mel), e.g. "
+                         "--audio frontend=wav2vec2 --audio checkpoint=DIR --audio mix_layers=True")
     lt.set_defaults(func=build_latents_cmd)
 
     vx = bsub.add_parser("voxceleb2", help="VoxCeleb2 from its manual download (plain, or "
