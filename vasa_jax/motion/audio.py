@@ -152,7 +152,9 @@ class Wav2Vec2Frontend:
         t = x.shape[-1] // SAMPLES_PER_FRAME
         runner = self._runner()
         if runner.normalize:  # the HF feature extractor's per-utterance normalisation
-            x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-7)
+            from vasa_jax.motion.wav2vec2 import normalize_audio
+
+            x = np.asarray(normalize_audio(x))
         x = np.pad(x, ((0, 0), (0, _W2V_TAIL))).astype(np.float32)
         span = self.chunk_frames + 2 * self.context_frames
         select = None if self.mix_layers else self.layer
