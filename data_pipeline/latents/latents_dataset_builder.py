@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from flax import nnx
 
+from data_pipeline.beam import import_beam
 from data_pipeline.loader import (DatasetNotFoundError, dataset_dir, decode_frame,
                                   default_data_dir, open_source)
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -59,16 +60,11 @@ _RUN_ONLY_FIELDS = {
     "train": ("async_checkpoints", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "profile_steps", "profile_first_step", "image_every"),
 }
-BEAM_INSTALL = "pip install 'vasa-jax[beam]'"
 
 
 def _import_beam():
-    try:
-        import apache_beam as beam
-    except ImportError as e:
-        raise ImportError(f"Building latents with use_beam=True needs Apache Beam, which is not "
-                          f"installed: {BEAM_INSTALL}  (or build without Beam).") from e
-    return beam
+    return import_beam("Building latents with use_beam=True needs Apache Beam",
+                       "or build without Beam")
 
 
 # -- stage-1 checkpoint ------------------------------------------------------------------------

@@ -50,10 +50,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from data_pipeline.beam import import_beam
 from data_pipeline.voxceleb2 import decode, quality, report
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
-BEAM_INSTALL = "pip install 'vasa-jax[beam]'"
 RESOLUTIONS = (256, 512)
 DEFAULT_CLIP_FRAMES = 75  # 3 s
 DEFAULT_VALIDATION_FRACTION = 0.02
@@ -95,12 +95,8 @@ class NoClipsError(RuntimeError):
 
 
 def _import_beam():
-    try:
-        import apache_beam as beam
-    except ImportError as e:
-        raise ImportError(f"Building voxceleb2 with Apache Beam needs apache-beam, which is not "
-                          f"installed: {BEAM_INSTALL}  (or build without --beam-runner).") from e
-    return beam
+    return import_beam("Building voxceleb2 with Apache Beam needs apache-beam",
+                       "or build without --beam-runner")
 
 
 # -- configs -------------------------------------------------------------------------------------
