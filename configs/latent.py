@@ -65,10 +65,17 @@ def base() -> ml_collections.ConfigDict:
     m.flow_upsample = 2  # flows at half the volume's height/width, resized
     m.g3d_channels = (16, 32)
     m.g3d_dyn_cond = False  # adaptive GroupNorm on z_dyn in G3D (MegaPortraits: unconditioned)
+    m.g2d_dyn_cond = False  # the same in G2D (MegaPortraits: unconditioned)
     m.g2d_channels = (64, 32)
     m.disc_channels = (32, 64, 128)
     m.disc_scales = 2
     m.dtype = "float32"
+    # Not in the papers (vasa_jax.latent.guidance): "oracle" drives the decoder with the
+    # ground-truth motion (the ladder's first rung); expression_readout > 0 adds the hidden
+    # width of the head that reads the guided expression channels off z_dyn.
+    m.motion_source = "encoder"
+    m.expression_readout = 0
+    m.skip_channels = 0  # > 0: the sharp 2-D path (FaceLatentModel.decode) with this width
 
     loss = c.loss = ml_collections.ConfigDict()
     loss.l1 = 10.0
@@ -82,6 +89,10 @@ def base() -> ml_collections.ConfigDict:
     loss.cross_id = 1.0  # VASA-1's cross-identity loss (1 - cosine)
     loss.aux_fraction = 1.0  # share of the batch that also gets consist / cross_id
     loss.identity_embedder = "self"  # "self": the model's own identity encoder, frozen
+    # Guidance from motion labels (vasa_jax.latent.guidance; 0 = off, the papers' recipe):
+    loss.pose_guide = 0.0  # L2 of z_pose against the head-pose labels
+    loss.expression_guide = 0.0  # L2 of the expression readout of z_dyn against the labels
+    loss.mouth_l1 = 0.0  # L1 inside a box around the labelled mouth centre
 
     c.optim = ml_collections.ConfigDict()  # MegaPortraits: AdamW 2e-4, betas (0.5, 0.999)
     c.optim.lr = 2e-4
@@ -158,6 +169,55 @@ def _synthtalk64(c):
     c.train.eval_every, c.train.checkpoint_every, c.train.image_every = 500, 500, 500
 
 
+def _synthtalk64_guided(c):
+    """The stage-1 recipe that transfers motion on a CPU budget: ``synthtalk64`` plus three
+    departures from the papers, each a switch (see ``vasa_jax.latent.guidance``):
+
+    - guidance from motion labels, as the stage-1 lineage does in practice (face-vid2vid and
+      LivePortrait take head pose from a pretrained estimator; LivePortrait guides eyes and lips
+      with landmarks): ``loss.pose_guide`` pulls z_pose to the head-pose labels and
+      ``loss.expression_guide`` makes a small readout find jaw, lips, blink and gaze in z_dyn
+      (labels: SynthTalk's ground truth; face-mesh measures on real video);
+    - ``loss.mouth_l1``: an L1 inside a box around the labelled mouth, which is about 5 px of
+      the 64 px frame and otherwise drowns in the whole-image terms;
+    - ``model.skip_channels``: a sharp 2-D path. With oracle motion the decoder formed no eyes
+      or mouth in 17 min (../shared/findings/stage1-oracle): a 16 x 16 volume resampled
+      trilinearly twice loses detail finer than its 4 px voxels. First-level source features
+      (32 x 32) ride the same warps collapsed to 2-D by a learned soft depth and join G2D's last
+      block, whose norms are conditioned on z_dyn (``model.g2d_dyn_cond``) so the expression
+      code can draw the mouth at full resolution. With oracle motion for 1,000 steps this
+      raised held-out cross-reenactment PSNR 26.0 -> 27.3 dB and the probe's jaw r 0.03 ->
+      0.28, yaw r 0.74 -> 0.85 (docs/results/stage1_ladder/).
+
+    The ladder's other rungs change one switch: ``synthtalk64_oracle`` (ground-truth motion
+    instead of the motion encoder) and ``synthtalk64_unguided`` (no labels: the papers'
+    losses on the same model)."""
+    _synthtalk64(c)
+    c.model.skip_channels = 16
+    c.model.g2d_dyn_cond = True
+    c.model.expression_readout = 64
+    c.loss.pose_guide = 10.0
+    c.loss.expression_guide = 1.0
+    c.loss.mouth_l1 = 20.0
+
+
+def _synthtalk64_oracle(c):
+    """The ladder's first rung: ``synthtalk64_guided`` with z_pose = the head-pose labels and
+    z_dyn = an MLP of the ground-truth motion (no motion encoder). Can the decoder render the
+    driver's mouth and head turn at all?"""
+    _synthtalk64_guided(c)
+    c.model.motion_source = "oracle"
+    c.loss.pose_guide = c.loss.expression_guide = 0.0  # the labels are the motion
+
+
+def _synthtalk64_unguided(c):
+    """The ladder's last rung: the ``synthtalk64_guided`` model trained without labels (no pose,
+    expression or mouth terms), as the papers train."""
+    _synthtalk64_guided(c)
+    c.model.expression_readout = 0
+    c.loss.pose_guide = c.loss.expression_guide = c.loss.mouth_l1 = 0.0
+
+
 def _vox(c, resolution: int):
     c.data.dataset = "voxceleb2"
     c.data.config = f"res{resolution}"
@@ -203,5 +263,7 @@ def _quickstart(c):
     c.train.eval_every = c.train.checkpoint_every = c.train.image_every = 700
 
 
-VARIANTS = {"test": _test, "synthtalk64": _synthtalk64, "quickstart": _quickstart,
+VARIANTS = {"test": _test, "synthtalk64": _synthtalk64, "synthtalk64_guided": _synthtalk64_guided,
+            "synthtalk64_oracle": _synthtalk64_oracle,
+            "synthtalk64_unguided": _synthtalk64_unguided, "quickstart": _quickstart,
             "vox256": _vox256, "vox512": _paper, "paper": _paper}

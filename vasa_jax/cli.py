@@ -10,6 +10,7 @@
   vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
   vasa-jax train syncnet|capp --workdir DIR      train the lip-sync / audio-pose instruments
   vasa-jax eval latent --workdir DIR             self/cross-reenactment report for stage 1
+  vasa-jax eval ladder --rung NAME=DIR ...       stage 1's diagnostic ladder as one table
   vasa-jax eval motion --workdir DIR             lip-sync / head-motion / gaze table for stage 2
   vasa-jax eval --generated DIR --real DIR       the paper-style table of clip sets (mp4 + json)
   vasa-jax eval export-synthtalk --out DIR       a SynthTalk split as a real clip set
@@ -210,6 +211,25 @@ def eval_latent(args) -> tuple[str, str]:
         print("probe held-out accuracy:", probe.heldout)
     print(f"Wrote {js} and {png}")
     return js, png
+
+
+def eval_ladder(args) -> tuple[str, str]:
+    from vasa_jax.eval.latent_ladder import markdown, ladder_rows, read_report, write_ladder
+
+    reports = {}
+    for item in args.rung:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--rung takes NAME=DIR (a run's eval dir or latent_eval.json), "
+                            f"got {item!r}.")
+        try:
+            reports[name] = read_report(path)
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
+    js, md = write_ladder(reports, args.out)
+    print(markdown(ladder_rows(reports)))
+    print(f"Wrote {js} and {md}")
+    return js, md
 
 
 def eval_motion(args) -> tuple[str, str]:
@@ -726,6 +746,12 @@ def parser() -> argparse.ArgumentParser:
     el.add_argument("--frame-stride", type=int, default=1, help="evaluate every n-th frame")
     el.add_argument("--out", default=None, help="default WORKDIR/eval")
     el.set_defaults(func=eval_latent)
+    ld = evsub.add_parser("ladder", help="stage 1: one table over the diagnostic ladder's "
+                          "reports (oracle / guided / unguided rungs)")
+    ld.add_argument("--rung", action="append", required=True, metavar="NAME=DIR",
+                    help="a rung's name and its `eval latent` output dir (repeatable, in order)")
+    ld.add_argument("--out", required=True, help="where ladder.json and ladder.md go")
+    ld.set_defaults(func=eval_ladder)
 
     g = sub.add_parser("generate", help="a talking-face mp4 (with sound) from a portrait photo "
                        "and a speech file; watermarked and C2PA-signed by default")

@@ -109,7 +109,8 @@ def _decode(latent: FaceLatentModel, v_app, z_id, motion, decode_batch: int):
     """motion (W, 7 + dyn) -> frames (W, R, R, 3) in [-1, 1], ``decode_batch`` at a time."""
     def dec(m):
         n = m.shape[0]
-        return latent.decode(jnp.broadcast_to(v_app, (n,) + v_app.shape[1:]),
+        return latent.decode(jax.tree.map(lambda v: jnp.broadcast_to(v, (n,) + v.shape[1:]),
+                                          v_app),
                              jnp.broadcast_to(z_id, (n,) + z_id.shape[1:]),
                              m[:, :POSE_DIM], m[:, POSE_DIM:])
     if not decode_batch or decode_batch >= motion.shape[0]:

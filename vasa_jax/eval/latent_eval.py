@@ -30,6 +30,10 @@ from vasa_jax.media.video_io import atomic_path
 from vasa_jax.train.latent_task import pair_loader_config
 
 
+# The motion fields the ladder reports (probe r on cross-reenacted frames, latent ridge r).
+PROBED_FIELDS = ("jaw_open", "lip_width", "yaw", "pitch", "blink")
+
+
 def read_pairs(config, split: str, num: int) -> dict[str, np.ndarray]:
     """``num`` deterministic (source, driver) frame pairs of one clip each, from the first
     clips of ``split``: frames (n, 2, R, R, 3) uint8, motion (n, 2, 12), identity (n,)."""
@@ -44,7 +48,9 @@ def read_pairs(config, split: str, num: int) -> dict[str, np.ndarray]:
 
 
 def _jit_methods(model: FaceLatentModel):
-    """(encode_appearance, encode_motion, decode) of ``model``, jit-compiled once per model."""
+    """(encode_appearance, motion_of, decode) of ``model``, jit-compiled once per model.
+    ``encode_appearance(images, labels)`` and ``motion_of(images, labels)`` take the frames'
+    motion labels (None for a model with a motion encoder; the oracle rung needs them)."""
     cached = getattr(model, "_eval_methods", None)
     if cached is not None:
         return cached
@@ -53,18 +59,30 @@ def _jit_methods(model: FaceLatentModel):
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def encode_app(state, images):
-        return nnx.merge(graphdef, state).encode_appearance(to_unit(images))
+    def encode_app(state, images, labels):
+        m = nnx.merge(graphdef, state)
+        x = to_unit(images)
+        return m.encode_appearance(x, *m.motion_of(x, labels))
 
     @jax.jit
-    def encode_motion(state, images):
-        return nnx.merge(graphdef, state).encode_motion(to_unit(images))
+    def encode_motion(state, images, labels):
+        return nnx.merge(graphdef, state).motion_of(to_unit(images), labels)
 
     @jax.jit
     def decode(state, v, zid, pose, dyn):
         return to_uint8(nnx.merge(graphdef, state).decode(v, zid, pose, dyn))
 
-    methods = (lambda x: encode_app(state, x), lambda x: encode_motion(state, x),
+    oracle = model.motion_source == "oracle"
+
+    def labels_for(labels):
+        if not oracle:
+            return None
+        if labels is None:
+            raise ValueError("The oracle rung is evaluated with the frames' motion labels.")
+        return jnp.asarray(labels, jnp.float32)
+
+    methods = (lambda x, labels=None: encode_app(state, x, labels_for(labels)),
+               lambda x, labels=None: encode_motion(state, x, labels_for(labels)),
                lambda *a: decode(state, *a))
     object.__setattr__(model, "_eval_methods", methods)
     return methods
@@ -82,15 +100,19 @@ def padded_chunks(frames: np.ndarray, chunk: int):
 
 
 def reenact_frames(model: FaceLatentModel, source: np.ndarray, drivers: np.ndarray,
-                   chunk: int = 32) -> np.ndarray:
+                   chunk: int = 32, *, source_motion: np.ndarray | None = None,
+                   driver_motion: np.ndarray | None = None) -> np.ndarray:
     """One source frame (R, R, 3) driven by every frame of ``drivers`` (T, R, R, 3) -> (T, R,
-    R, 3) uint8, in chunks of ``chunk`` frames."""
+    R, 3) uint8, in chunks of ``chunk`` frames. ``source_motion`` (12,) and ``driver_motion``
+    (T, 12): the frames' motion labels, which only the oracle rung reads."""
     enc_app, enc_motion, decode = _jit_methods(model)
-    v, zid = enc_app(source[None])
+    v, zid = enc_app(source[None], None if source_motion is None else source_motion[None])
+    labels = (None if driver_motion is None else
+              [m for m, _ in padded_chunks(np.asarray(driver_motion, np.float32), chunk)])
     out = []
-    for d, n in padded_chunks(drivers, chunk):
-        pose, dyn = enc_motion(d)
-        rep = lambda x: jnp.repeat(x, chunk, axis=0)  # noqa: E731
+    for k, (d, n) in enumerate(padded_chunks(drivers, chunk)):
+        pose, dyn = enc_motion(d, None if labels is None else labels[k])
+        rep = lambda x: jax.tree.map(lambda a: jnp.repeat(a, chunk, axis=0), x)  # noqa: E731
         out.append(np.asarray(decode(rep(v), rep(zid), pose, dyn))[:n])
     return np.concatenate(out)
 
@@ -102,8 +124,8 @@ def reenactment_scores(model: FaceLatentModel, config, split: str, num_pairs: in
     prediction: a model that ignores the driver's motion sits near it."""
     pairs = read_pairs(config, split, num_pairs)
     enc_app, enc_motion, decode = _jit_methods(model)
-    v, zid = enc_app(pairs["frames"][:, 0])
-    pose, dyn = enc_motion(pairs["frames"][:, 1])
+    v, zid = enc_app(pairs["frames"][:, 0], pairs["motion"][:, 0])
+    pose, dyn = enc_motion(pairs["frames"][:, 1], pairs["motion"][:, 1])
     pred = to_unit(decode(v, zid, pose, dyn))
     target = to_unit(pairs["frames"][:, 1])
     copy = to_unit(pairs["frames"][:, 0])
@@ -118,8 +140,8 @@ def reenactment_grid(model: FaceLatentModel, config, split: str, num: int) -> np
     pairs = read_pairs(config, split, num)
     enc_app, enc_motion, decode = _jit_methods(model)
     src, drv = pairs["frames"][:, 0], pairs["frames"][:, 1]
-    v, zid = enc_app(src)
-    pose, dyn = enc_motion(drv)
+    v, zid = enc_app(src, pairs["motion"][:, 0])
+    pose, dyn = enc_motion(drv, pairs["motion"][:, 1])
     recon = np.asarray(decode(v, zid, pose, dyn))
     cross = np.asarray(decode(v, zid, jnp.roll(pose, -1, 0), jnp.roll(dyn, -1, 0)))
     rows = [src, drv, recon, cross]
@@ -154,8 +176,9 @@ def motion_latent_probe(model: FaceLatentModel, clips: list[dict[str, Any]],
     _, enc_motion, _ = _jit_methods(model)
     feats, motion, ident = [], [], []
     for c in clips:
-        for d, n in padded_chunks(c["frames"], chunk):
-            pose, dyn = enc_motion(d)
+        labels = [m for m, _ in padded_chunks(c["motion"], chunk)]
+        for k, (d, n) in enumerate(padded_chunks(c["frames"], chunk)):
+            pose, dyn = enc_motion(d, labels[k])
             feats.append(np.concatenate([np.asarray(pose), np.asarray(dyn)], -1)[:n])
         motion.append(c["motion"][:, [FIELD[f] for f in fields]])
         ident.append(np.full(len(c["frames"]), int(c["identity"])))
@@ -164,16 +187,17 @@ def motion_latent_probe(model: FaceLatentModel, clips: list[dict[str, Any]],
     return {f"latent_r_{f}": float(v) for f, v in zip(fields, r)}
 
 
-def warp_round_trip(model: FaceLatentModel, frames: np.ndarray) -> dict[str, float]:
+def warp_round_trip(model: FaceLatentModel, frames: np.ndarray,
+                    motion: np.ndarray | None = None) -> dict[str, float]:
     """How much of the posed appearance volume survives the trip posed -> canonical -> posed
     with each frame's own pose and flows, which a perfect warp pair would return unchanged.
-    frames (n, R, R, 3) uint8. Returns the relative L2 error of that round trip, of its rigid
+    frames (n, R, R, 3) uint8 (``motion`` (n, 12): their labels, for the oracle rung). Returns the relative L2 error of that round trip, of its rigid
     part alone, and the share of the volume's norm above a 3 x 3 box blur (how fine its
     per-voxel detail is, and so how much trilinear resampling at sub-voxel offsets costs it)."""
     from vasa_jax.latent import warp
 
     x = to_unit(frames)
-    pose, dyn = model.encode_motion(x)
+    pose, dyn = model.motion_of(x, None if motion is None else jnp.asarray(motion))
     posed, zid = model.appearance(x)
     cond = jnp.concatenate([dyn, zid], -1)
     back = warp.warp_from_canonical(
@@ -211,7 +235,8 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
     res = int(clips[0]["frames"].shape[1])
     for k, c in enumerate(clips):
         frames = c["frames"][::frame_stride]
-        recon = reenact_frames(model, c["frames"][0], frames)
+        recon = reenact_frames(model, c["frames"][0], frames, source_motion=c["motion"][0],
+                               driver_motion=c["motion"][::frame_stride])
         self_psnr.append(np.asarray(psnr(to_unit(recon), to_unit(frames))))
         self_alex.append(lp_alex(recon, frames))
         self_vgg.append(lp_vgg(recon, frames))
@@ -219,7 +244,8 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
         other = next(clips[(k + j) % n] for j in range(1, n + 1)
                      if clips[(k + j) % n]["identity"] != c["identity"])
         drv, drv_motion = other["frames"][::frame_stride], other["motion"][::frame_stride]
-        cross = reenact_frames(model, c["frames"][0], drv)
+        cross = reenact_frames(model, c["frames"][0], drv, source_motion=c["motion"][0],
+                               driver_motion=drv_motion)
         truth = np.asarray(render.render_clip(
             jnp.asarray(drv_motion), sample_identity(seed, int(c["identity"])).render_params(),
             jnp.asarray(render.EMOTION_STYLE[int(other["emotion"])]), res))
@@ -245,14 +271,15 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
         "probe_heldout": None,
         "examples": np.concatenate(examples, axis=1),
     }
-    out["motion_latents"] = motion_latent_probe(model, clips)
-    out["warp"] = warp_round_trip(model, cat([c["frames"][::15] for c in clips[:8]]))
+    out["motion_latents"] = motion_latent_probe(model, clips, PROBED_FIELDS)
+    out["warp"] = warp_round_trip(model, cat([c["frames"][::15] for c in clips[:8]]),
+                                  cat([c["motion"][::15] for c in clips[:8]]))
     if probe is not None:
         frames, motion = cat(cross_frames), cat(cross_motion)
         pred = probe.predict(frames)["motion"]
         real = probe.predict(cat([c["frames"][::frame_stride] for c in clips]))["motion"]
         real_motion = cat([c["motion"][::frame_stride] for c in clips])
-        for f in ("jaw_open", "yaw"):
+        for f in PROBED_FIELDS:
             out["cross"][f"probe_r_{f}"] = pearson_or_nan(pred[:, FIELD[f]], motion[:, FIELD[f]])
             out["self"][f"probe_r_{f}_real_frames"] = pearson_or_nan(real[:, FIELD[f]],
                                                                real_motion[:, FIELD[f]])

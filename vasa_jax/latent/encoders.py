@@ -43,24 +43,46 @@ class AppearanceEncoder(nnx.Module):
         self.volume_channels, self.volume_depth = volume_channels, volume_depth
 
     def features(self, image: jax.Array) -> jax.Array:
+        return self._trunk(image)[0]
+
+    def _trunk(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """-> (the last features (b, R / p 2^n, ., channels[-1]), the first-level features
+        (b, R / p, R / p, skip_width): after the stem and the first block, before any
+        downsampling)."""
         x = self.stem(space_to_depth(image, self.patch))
-        for block in self.blocks:
-            x = downsample(block(x), (2, 2))
-        return jax.nn.silu(group_norm(self.last(x), self.groups))
+        first = x
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == 0:
+                first = x
+            x = downsample(x, (2, 2))
+        return jax.nn.silu(group_norm(self.last(x), self.groups)), first
+
+    @property
+    def skip_width(self) -> int:
+        """Channels of the first-level features ``encode`` returns."""
+        return self.stem.kernel.shape[-1] if not len(self.blocks) else \
+            self.blocks[0].conv2.kernel.shape[-1]
 
     def identity(self, image: jax.Array) -> jax.Array:
         """(b, R, R, 3) -> z_id (b, id_dim) (the default identity embedder of l_cross_id)."""
         return self.id_head(self.features(image).mean(axis=(1, 2))).astype(jnp.float32)
 
     def __call__(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
-        f = self.features(image)
+        v, z_id, _ = self.encode(image)
+        return v, z_id
+
+    def encode(self, image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """-> posed volume (b, D, h, w, C), z_id (b, id_dim), and the first-level 2-D features
+        (b, R / p, R / p, skip_width) for a sharp skip path."""
+        f, first = self._trunk(image)
         b, h, w, _ = f.shape
         v = self.to_volume(f).reshape(b, h, w, self.volume_depth, self.volume_channels)
         v = v.transpose(0, 3, 1, 2, 4)
         for block in self.blocks_3d:
             v = block(v)
         z_id = self.id_head(f.mean(axis=(1, 2))).astype(jnp.float32)
-        return v, z_id
+        return v, z_id, first
 
 
 class MotionEncoder(nnx.Module):

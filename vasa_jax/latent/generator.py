@@ -60,22 +60,32 @@ class Projection(nnx.Module):
 class G2D(nnx.Module):
     """2-D generator: residual blocks with 2x upsampling between them, then RGB in [-1, 1],
     predicted ``patch`` x ``patch`` pixels per position (depth-to-space; 1 = off).
-    (b, h, w, in_ch) -> (b, h p 2^(n-1), w p 2^(n-1), 3) with n = len(channels)."""
+    (b, h, w, in_ch) -> (b, h p 2^(n-1), w p 2^(n-1), 3) with n = len(channels).
+
+    ``skip_channels`` > 0: the last block also takes ``skip`` (b, h 2^(n-1), w 2^(n-1),
+    skip_channels), concatenated to its input (the warped source features of the sharp path).
+    ``cond_dim`` > 0: adaptive GroupNorm on a code ``cond`` (b, cond_dim) in every block (the
+    driving z_dyn: a local feature that marks the mouth times a global jaw gain draws an opening
+    at full resolution); starts as plain GroupNorm. Unconditioned blocks ignore ``cond``."""
 
     def __init__(self, in_ch: int, channels: Sequence[int], *, rngs: nnx.Rngs, patch: int = 1,
-                 dtype=jnp.float32):
+                 skip_channels: int = 0, cond_dim: int = 0, dtype=jnp.float32):
         self.patch = patch
         ins = (in_ch,) + tuple(channels[:-1])
-        self.blocks = nnx.List([ResBlock(a, b, ndim=2, rngs=rngs, dtype=dtype)
+        ins = ins[:-1] + (ins[-1] + skip_channels,)
+        self.blocks = nnx.List([ResBlock(a, b, ndim=2, rngs=rngs, cond_dim=cond_dim, dtype=dtype)
                                 for a, b in zip(ins, channels)])
         self.groups = num_groups(channels[-1])
         self.to_rgb = WSConv(channels[-1], 3 * patch * patch, 3, ndim=2, rngs=rngs,
                              out_axis=None, dtype=dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, skip: jax.Array | None = None,
+                 cond: jax.Array | None = None) -> jax.Array:
         for i, block in enumerate(self.blocks):
             if i > 0:
                 x = upsample(x, (2, 2))
-            x = block(x)
+            if skip is not None and i == len(self.blocks) - 1:
+                x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
+            x = block(x, cond)
         x = self.to_rgb(jax.nn.silu(group_norm(x, self.groups)))
         return jnp.tanh(depth_to_space(x, self.patch).astype(jnp.float32))

@@ -1,7 +1,10 @@
 """``FaceLatentModel``: VASA-1's disentangled face latent space (stage 1).
 
-encode_appearance: image -> canonical appearance volume ``V_app`` (b, D, H, W, C) + ``z_id``
+encode_appearance: image -> canonical appearance volume ``V_app`` (b, D, H, W, C) + ``z_id``;
+                   with the sharp path (``skip_channels`` > 0) the appearance is the pair
+                   (V_app, S_can), S_can (b, R/p, R/p, skip_channels) canonical 2-D features
 encode_motion:     image -> ``z_pose`` (b, 7) + ``z_dyn`` (b, dyn_dim)
+motion_of:         the motion latents of frames, from the encoder or (the oracle rung) labels
 decode:            (V_app, z_id, z_pose, z_dyn) -> image (b, R, R, 3) in [-1, 1]
 reenact:           (source image, driver image) -> the source's face with the driver's motion
 
@@ -18,10 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vasa_jax.latent import warp
+from vasa_jax.latent import guidance, warp
 from vasa_jax.latent.discriminator import MultiScaleDiscriminator
 from vasa_jax.latent.encoders import AppearanceEncoder, MotionEncoder
 from vasa_jax.latent.generator import G2D, G3D, Projection
+from vasa_jax.nn.conv import WSConv
+from vasa_jax.nn.grid_sample import grid_sample2d, grid_sample3d
 from vasa_jax.nn.layers import dtype_of
 
 
@@ -59,15 +64,55 @@ class FaceLatentModel(nnx.Module):
                        cond_dim=cfg.dyn_dim if cfg.g3d_dyn_cond else 0, dtype=dtype)
         self.projection = Projection(cfg.volume_depth, cfg.g3d_channels[0], cfg.g2d_channels[0],
                                      rngs=rngs, dtype=dtype)
+        skip = cfg.get("skip_channels", 0)
         self.g2d = G2D(cfg.g2d_channels[0], cfg.g2d_channels, rngs=rngs, patch=patch,
+                       skip_channels=skip,
+                       cond_dim=cfg.dyn_dim if cfg.get("g2d_dyn_cond", False) else 0,
                        dtype=dtype)
+        # The sharp path (not in MegaPortraits; see ``decode``): first-level source features,
+        # carried to canonical and to the driver by the depth-collapsed 3-D warps.
+        self.skip_channels = skip
+        if skip:
+            self.skip_proj = WSConv(self.appearance.skip_width, skip, 1, ndim=2, rngs=rngs,
+                                    dtype=dtype)
+            self.depth_logit = WSConv(cfg.volume_channels, 1, 1, ndim=3, rngs=rngs,
+                                      standardize=False, zero_init=True, out_axis=None,
+                                      dtype=dtype)
+        else:
+            self.skip_proj = self.depth_logit = None
         self.discriminator = MultiScaleDiscriminator(cfg.disc_channels, cfg.disc_scales,
                                                      rngs=rngs, dtype=dtype)
+        # Guidance and the oracle rung (vasa_jax.latent.guidance); absent in the papers' model.
+        source = cfg.get("motion_source", "encoder")
+        if source not in MOTION_SOURCES:
+            raise ValueError(f"model.motion_source must be one of {MOTION_SOURCES}, got "
+                             f"{source!r}.")
+        self.motion_source = source
+        self.oracle = (guidance.OracleDynamics(cfg.dyn_dim, cfg.motion_hidden, rngs=rngs)
+                       if source == "oracle" else None)
+        hidden = cfg.get("expression_readout", 0)
+        self.expression_readout = (guidance.ExpressionReadout(cfg.dyn_dim, hidden, rngs=rngs)
+                                   if hidden else None)
 
     # -- encoders ------------------------------------------------------------------------------
     def encode_motion(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(b, R, R, 3) in [-1, 1] -> z_pose (b, 7), z_dyn (b, dyn_dim)."""
+        if self.motion_source == "oracle":
+            raise ValueError("This stage-1 model is the oracle rung (model.motion_source="
+                             "'oracle'): its motion comes from ground-truth labels, so it cannot "
+                             "encode the motion of an image. Train with model.motion_source="
+                             "'encoder' for a model that can.")
         return self.motion(image)
+
+    def motion_of(self, image: jax.Array, labels: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+        """z_pose (b, 7), z_dyn (b, dyn_dim) of frames (b, R, R, 3): from the motion encoder,
+        or, for the oracle rung, from the ground-truth motion ``labels`` (b, 12)."""
+        if self.motion_source != "oracle":
+            return self.motion(image)
+        if labels is None:
+            raise ValueError("The oracle rung needs the frames' ground-truth motion labels.")
+        return guidance.pose_labels(labels), self.oracle(labels)
 
     def encode_appearance(self, image: jax.Array, z_pose: jax.Array | None = None,
                           z_dyn: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -77,9 +122,31 @@ class FaceLatentModel(nnx.Module):
         (computed here unless given)."""
         if z_pose is None or z_dyn is None:
             z_pose, z_dyn = self.encode_motion(image)
-        posed, z_id = self.appearance(image)
+        posed, z_id, first = self.appearance.encode(image)
         flow = self.warp_to_canonical(jnp.concatenate([z_dyn, z_id], axis=-1))
-        return warp.warp_to_canonical(posed, z_pose, flow), z_id
+        coords = warp.posed_to_canonical_coords(warp.identity_grid(*posed.shape[1:4]), z_pose,
+                                                flow)
+        v_can = grid_sample3d(posed, coords, padding_mode="zeros", align_corners=True)
+        if not self.skip_channels:
+            return v_can, z_id
+        uv = self._surface_coords(v_can, coords, first.shape[1:3])
+        s_can = grid_sample2d(self.skip_proj(first), uv, padding_mode="zeros",
+                              align_corners=True)
+        return (v_can, s_can), z_id
+
+    def _surface_coords(self, volume: jax.Array, coords: jax.Array, size: tuple[int, int]
+                        ) -> jax.Array:
+        """Collapse a 3-D sampling grid to 2-D along depth: per (h, w), the (x, y) of
+        ``coords`` (b, d, h, w, 3) averaged over depth with softmax weights from
+        ``depth_logit(volume)`` (a learned soft surface), resized to ``size`` -> (b, H, W, 2)."""
+        w = jax.nn.softmax(self.depth_logit(volume).astype(jnp.float32), axis=1)
+        uv = (w * coords[..., :2]).sum(axis=1)
+        if uv.shape[1:3] != tuple(size):  # resize the displacement, so identity stays exact
+            h, w_ = uv.shape[1:3]
+            disp = uv - warp.identity_grid(1, h, w_)[0, ..., :2]
+            disp = jax.image.resize(disp, (uv.shape[0],) + tuple(size) + (2,), "bilinear")
+            uv = disp + warp.identity_grid(1, *size)[0, ..., :2]
+        return uv
 
     def identity(self, image: jax.Array) -> jax.Array:
         """z_id (b, id_dim) of an image (the default identity embedder of l_cross_id)."""
@@ -89,14 +156,30 @@ class FaceLatentModel(nnx.Module):
     def drive(self, v_app: jax.Array, z_id: jax.Array, z_pose: jax.Array, z_dyn: jax.Array
               ) -> jax.Array:
         """Canonical volume -> the volume posed by (z_pose, z_dyn)."""
-        flow = self.warp_from_canonical(jnp.concatenate([z_dyn, z_id], axis=-1))
-        return warp.warp_from_canonical(v_app, z_pose, flow)
+        return self._drive(v_app, z_id, z_pose, z_dyn)[0]
 
-    def decode(self, v_app: jax.Array, z_id: jax.Array, z_pose: jax.Array, z_dyn: jax.Array
+    def _drive(self, v_can, z_id, z_pose, z_dyn):
+        flow = self.warp_from_canonical(jnp.concatenate([z_dyn, z_id], axis=-1))
+        coords = warp.canonical_coords_of_posed(warp.identity_grid(*v_can.shape[1:4]), z_pose,
+                                                flow)
+        return grid_sample3d(v_can, coords, padding_mode="zeros", align_corners=True), coords
+
+    def decode(self, v_app, z_id: jax.Array, z_pose: jax.Array, z_dyn: jax.Array
                ) -> jax.Array:
-        """(V_app, z_id, z_pose, z_dyn) -> image (b, R, R, 3) in [-1, 1]."""
-        v = self.g3d(self.drive(v_app, z_id, z_pose, z_dyn), z_dyn)  # used if g3d_dyn_cond
-        return self.g2d(self.projection(v))
+        """(V_app, z_id, z_pose, z_dyn) -> image (b, R, R, 3) in [-1, 1].
+
+        With the sharp path, ``v_app`` is (V_app, S_can): the driven volume's soft surface
+        collapses the canonical -> driver warp to 2-D, which carries S_can to the driver and
+        into G2D's last block (one bilinear resampling at R/p instead of trilinear ones at the
+        coarser volume: eyes and mouth keep their edges)."""
+        v_can, s_can = v_app if self.skip_channels else (v_app, None)
+        driven, coords = self._drive(v_can, z_id, z_pose, z_dyn)
+        v = self.g3d(driven, z_dyn)  # z_dyn used if g3d_dyn_cond
+        skip = None
+        if self.skip_channels:
+            uv = self._surface_coords(driven, coords, s_can.shape[1:3])
+            skip = grid_sample2d(s_can, uv, padding_mode="zeros", align_corners=True)
+        return self.g2d(self.projection(v), skip, z_dyn)  # z_dyn used if g2d_dyn_cond
 
     def reenact(self, source: jax.Array, driver: jax.Array) -> jax.Array:
         """The source's appearance with the driver's pose and dynamics: (b, R, R, 3) x 2 ->
@@ -104,6 +187,9 @@ class FaceLatentModel(nnx.Module):
         v_app, z_id = self.encode_appearance(source)
         z_pose, z_dyn = self.encode_motion(driver)
         return self.decode(v_app, z_id, z_pose, z_dyn)
+
+
+MOTION_SOURCES = ("encoder", "oracle")
 
 
 def make_face_latent_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs

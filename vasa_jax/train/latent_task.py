@@ -14,6 +14,12 @@ the rows, to bound the cost):
   the identity embedding of that image and of frame i (target under stop-gradient; the embedder
   is the model's own identity encoder with frozen weights).
 The discriminator (its own optimiser) sees the real drivers and the reconstructions.
+
+With motion labels in the data (SynthTalk's ground truth), three more terms and the oracle rung
+are config switches (``vasa_jax.latent.guidance``; all off in the papers' recipe):
+``loss.pose_guide`` (z_pose against the head-pose labels), ``loss.expression_guide`` (the
+expression readout of z_dyn against the labels), ``loss.mouth_l1`` (L1 in a box around the
+labelled mouth), and ``model.motion_source = "oracle"`` (the decoder driven by the labels).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from flax import nnx
 
 from data_pipeline.loader import LoaderConfig, make_loader
 from vasa_jax import parallel
-from vasa_jax.latent import losses
+from vasa_jax.latent import guidance, losses
 from vasa_jax.latent.model import FaceLatentModel, make_face_latent_model, to_unit
 from vasa_jax.train.task import Task
 
@@ -69,7 +75,22 @@ class LatentTask(Task):
             raise ValueError(f"Frames are {frames.shape[2]}x{frames.shape[3]} but the model is "
                              f"configured for {res}x{res}; set data.resolution to match the "
                              f"dataset config {self.config.data.config!r}.")
-        return {"frames": frames}
+        out = {"frames": frames}
+        if needs_labels(self.config):
+            if "motion" not in batch:
+                raise ValueError(
+                    f"The stage-1 config asks for motion labels (model.motion_source="
+                    f"{self.config.model.motion_source!r}, loss.pose_guide / expression_guide / "
+                    f"mouth_l1 > 0) but dataset {self.config.data.dataset!r} gives none; set "
+                    f"them to 'encoder' / 0, or train on a dataset with per-frame motion labels "
+                    f"(SynthTalk).")
+            motion = np.asarray(batch["motion"], np.float32)  # (b, 2, 12)
+            out["motion"] = motion
+            if self.config.loss.mouth_l1:
+                b = len(motion)
+                w = guidance.region_weight(motion.reshape(2 * b, -1), res)
+                out["mouth"] = w.reshape(b, 2, res, res, 1)
+        return out
 
     # -- objective -----------------------------------------------------------------------------
     def generator_outputs(self, model: FaceLatentModel, frames: jax.Array
@@ -84,7 +105,8 @@ class LatentTask(Task):
 
         def generator_loss(gen):
             model = merge(params["discriminator"], gen)
-            total, m, fake, real = generator_loss_terms(model, batch["frames"], lc)
+            total, m, fake, real = generator_loss_terms(
+                model, batch["frames"], lc, motion=batch.get("motion"), mouth=batch.get("mouth"))
             return total, (m, fake, real)
 
         (g_total, (metrics, fake, real)), g_grads = jax.value_and_grad(
@@ -128,13 +150,21 @@ class LatentTask(Task):
 
 # -- the stage-1 objective (module level, so that parity tests and baselines can call it) -------
 
+def needs_labels(config) -> bool:
+    """Whether a stage-1 config trains on motion labels (guidance terms or the oracle rung)."""
+    lc = config.loss
+    return (config.model.get("motion_source", "encoder") == "oracle"
+            or bool(lc.get("pose_guide", 0) or lc.get("expression_guide", 0)
+                    or lc.get("mouth_l1", 0)))
+
+
 def uses_discriminator(loss_cfg) -> bool:
     """Whether the generator loss has GAN terms (else the discriminator is not trained)."""
     return bool(loss_cfg.adversarial or loss_cfg.feature_matching)
 
 
-def generator_outputs(model: FaceLatentModel, frames: jax.Array, loss_cfg
-                      ) -> dict[str, jax.Array]:
+def generator_outputs(model: FaceLatentModel, frames: jax.Array, loss_cfg,
+                      motion: jax.Array | None = None) -> dict[str, jax.Array]:
     """All images one generator step needs, from one batched decode.
 
     frames: uint8 (b, 2, R, R, 3), [:, 0] the sources i and [:, 1] the drivers j.
@@ -142,48 +172,57 @@ def generator_outputs(model: FaceLatentModel, frames: jax.Array, loss_cfg
     ``recon_back`` (b, with ``loss_cfg.symmetric``: V_j with the motion of i), ``consist_j`` /
     ``consist_i`` (a = max(1, round(b aux_fraction)) rows each, with ``consist``), ``cross``
     (a, with ``cross_id``: V_i with the motion of the driver of row (r - 1) mod b); and ``src``,
-    ``drv`` (b, the frames as images) and ``zid_src`` (a, id_dim)."""
+    ``drv`` (b, the frames as images), ``zid_src`` (a, id_dim) and ``pose``, ``dyn`` (2b: the
+    sources' then the drivers' motion latents). ``motion`` (b, 2, 12): the frames' labels, which
+    the oracle rung (``model.motion_source = "oracle"``) takes its motion from."""
     lc = loss_cfg
     src, drv = to_unit(frames[:, 0]), to_unit(frames[:, 1])
     b = src.shape[0]
     both = jnp.concatenate([src, drv])
-    pose, dyn = model.encode_motion(both)
+    labels = None if motion is None else jnp.concatenate([motion[:, 0], motion[:, 1]])
+    pose, dyn = model.motion_of(both, labels)
     vol, zid = model.encode_appearance(both, pose, dyn)
     s, d = slice(0, b), slice(b, 2 * b)
-    jobs = {"recon": (vol[s], zid[s], pose[d], dyn[d])}
+    rows = lambda x, r: jax.tree.map(lambda v: v[r], x)  # noqa: E731  (vol may be a pair)
+    jobs = {"recon": (rows(vol, s), zid[s], pose[d], dyn[d])}
     if lc.symmetric:
-        jobs["recon_back"] = (vol[d], zid[d], pose[s], dyn[s])
+        jobs["recon_back"] = (rows(vol, d), zid[d], pose[s], dyn[s])
     a = max(1, int(round(b * lc.aux_fraction)))  # rows that also get l_consist / l_cross_id
     sa, da = slice(0, a), slice(b, b + a)
     if lc.consist:
-        jobs["consist_j"] = (vol[da], zid[da], pose[sa], dyn[da])
-        jobs["consist_i"] = (vol[sa], zid[sa], pose[sa], dyn[da])
+        jobs["consist_j"] = (rows(vol, da), zid[da], pose[sa], dyn[da])
+        jobs["consist_i"] = (rows(vol, sa), zid[sa], pose[sa], dyn[da])
     if lc.cross_id:
         other = lambda x: jnp.roll(x[d], 1, axis=0)[:a]  # noqa: E731  another pair's driver
-        jobs["cross"] = (vol[sa], zid[sa], other(pose), other(dyn))
-    args = [jnp.concatenate([j[k] for j in jobs.values()]) for k in range(4)]
+        jobs["cross"] = (rows(vol, sa), zid[sa], other(pose), other(dyn))
+    args = [jax.tree.map(lambda *xs: jnp.concatenate(xs), *[j[k] for j in jobs.values()])
+            for k in range(4)]
     images = model.decode(*args)
     out, start = {}, 0
     for name, job in jobs.items():
-        out[name] = images[start:start + len(job[0])]
-        start += len(job[0])
-    out.update(src=src, drv=drv, zid_src=zid[sa])
+        out[name] = images[start:start + len(job[1])]
+        start += len(job[1])
+    out.update(src=src, drv=drv, zid_src=zid[sa], pose=pose, dyn=dyn)
     return out
 
 
-def generator_loss_terms(model: FaceLatentModel, frames: jax.Array, loss_cfg
+def generator_loss_terms(model: FaceLatentModel, frames: jax.Array, loss_cfg, *,
+                         motion: jax.Array | None = None, mouth: jax.Array | None = None
                          ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, jax.Array]:
     """The stage-1 generator loss of one batch: frames uint8 (b, 2, R, R, 3) ->
-    (total, metrics, fake, real).
+    (total, metrics, fake, real). ``motion`` (b, 2, 12): motion labels, needed by the guidance
+    terms and the oracle rung; ``mouth`` (b, 2, R, R, 1): the mouth boxes of ``loss.mouth_l1``
+    (``guidance.region_weight`` of the labels).
 
     metrics holds every unweighted term that ``loss_cfg`` enables (``l1``, ``motion_l1``,
-    ``perceptual``, ``g_adv``, ``feature_matching``, ``consist``, ``cross_id``) and ``psnr``;
+    ``perceptual``, ``g_adv``, ``feature_matching``, ``consist``, ``cross_id``, ``pose_guide``,
+    ``expression_guide``, ``mouth_l1``) and ``psnr``;
     ``fake`` (reconstructions, under stop-gradient) and ``real`` (their targets) are
     (b or 2b, R, R, 3), the discriminator's inputs. The discriminator's parameters are used,
     not trained, here (differentiate w.r.t. the generator's only); ``l_cross_id`` embeds with
     a frozen copy of the model (gradient only through the image)."""
     lc = loss_cfg
-    out = generator_outputs(model, frames, lc)
+    out = generator_outputs(model, frames, lc, motion)
     fakes = [out["recon"]] + ([out["recon_back"]] if lc.symmetric else [])
     reals = [out["drv"]] + ([out["src"]] if lc.symmetric else [])
     fake, real = jnp.concatenate(fakes), jnp.concatenate(reals)
@@ -195,6 +234,24 @@ def generator_loss_terms(model: FaceLatentModel, frames: jax.Array, loss_cfg
         w = jnp.concatenate([w] * len(fakes))
         m["motion_l1"] = losses.weighted_l1_loss(fake, real, w)
         total += lc.motion_l1 * m["motion_l1"]
+    if lc.get("mouth_l1", 0):  # targets: the drivers, then (symmetric) the sources
+        w = jnp.concatenate([mouth[:, 1]] + ([mouth[:, 0]] if lc.symmetric else []))
+        m["mouth_l1"] = guidance.region_l1(fake, real, w)
+        total += lc.mouth_l1 * m["mouth_l1"]
+    if lc.get("pose_guide", 0) or lc.get("expression_guide", 0):
+        labels = jnp.concatenate([motion[:, 0], motion[:, 1]])
+        if lc.get("pose_guide", 0):
+            m["pose_guide"] = guidance.pose_guide_loss(out["pose"],
+                                                       guidance.pose_labels(labels))
+            total += lc.pose_guide * m["pose_guide"]
+        if lc.get("expression_guide", 0):
+            if model.expression_readout is None:
+                raise ValueError("loss.expression_guide needs model.expression_readout > 0 "
+                                 "(the hidden width of the head that reads z_dyn).")
+            pred = model.expression_readout(out["dyn"])
+            m["expression_guide"] = jnp.square(
+                pred - guidance.expression_labels(labels)).mean()
+            total += lc.expression_guide * m["expression_guide"]
     if lc.perceptual:
         m["perceptual"] = losses.perceptual_loss(fake, real, lc.perceptual_layers)
         total += lc.perceptual * m["perceptual"]

@@ -1,0 +1,189 @@
+"""Stage-1 guidance, the oracle rung and the sharp 2-D path (vasa_jax.latent.guidance, model
+switches ``motion_source`` / ``expression_readout`` / ``skip_channels``), and the ladder report."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.latent import get_config
+from data_pipeline.synthtalk import render
+from data_pipeline.synthtalk.motion import FIELD, MOTION_DIM
+from vasa_jax.latent import guidance, warp
+from vasa_jax.latent.model import FaceLatentModel
+from vasa_jax.train.latent_task import LatentTask, generator_loss_terms, needs_labels
+
+
+def _motion(n, seed=0):
+    r = np.random.RandomState(seed)
+    m = np.zeros((n, MOTION_DIM), np.float32)
+    m[:, FIELD["yaw"]] = r.uniform(-0.15, 0.15, n)
+    m[:, FIELD["pitch"]] = r.uniform(-0.1, 0.1, n)
+    m[:, FIELD["roll"]] = r.uniform(-0.1, 0.1, n)
+    m[:, FIELD["tx"]] = r.uniform(-0.1, 0.1, n)
+    m[:, FIELD["ty"]] = r.uniform(-0.1, 0.1, n)
+    m[:, FIELD["scale"]] = r.uniform(0.8, 1.2, n)
+    m[:, FIELD["jaw_open"]] = r.uniform(0, 0.9, n)
+    return m
+
+
+def test_pose_labels_move_the_mouth_where_the_renderer_draws_it():
+    """A canonical point at the mouth's head position, posed by ``warp``'s rigid transform with
+    the labels, lands on the pixel the SynthTalk renderer draws the mouth at (same convention:
+    a pose label means what the renderer meant)."""
+    m = _motion(64)
+    m[:, FIELD["jaw_open"]] = 0.0
+    pose = guidance.pose_labels(jnp.asarray(m))
+    rot, t, s = warp._pose_parts(pose)
+    head = np.array(render._MOUTH) * render.HEAD_UNIT  # image units at scale 1
+    posed = s[:, None] * jnp.einsum("bij,j->bi", rot, jnp.asarray(head)) + t
+    px = (np.asarray(posed[:, :2]) + 1.0) * 0.5 * 64 - 0.5
+    truth = render.mouth_centre_pixels(m, 64)
+    # The renderer's 2.5-D projection differs from a rotation by second-order terms only.
+    assert np.abs(px - truth).max() < 0.35, np.abs(px - truth).max()
+
+
+def test_pose_guide_ignores_tz_and_expression_labels_are_scaled():
+    labels = guidance.pose_labels(jnp.asarray(_motion(4)))
+    z = labels.at[:, 5].add(3.0)  # tz has no label
+    assert float(guidance.pose_guide_loss(z, labels)) == 0.0
+    expected = np.mean([(0.1 / sc) ** 2 for sc, w in zip(guidance.POSE_SCALE,
+                                                         guidance.LABELLED_POSE) if w])
+    assert float(guidance.pose_guide_loss(labels + 0.1, labels)) == pytest.approx(expected,
+                                                                                  rel=1e-5)
+    e = guidance.expression_labels(jnp.asarray(_motion(4)))
+    assert e.shape == (4, len(guidance.EXPRESSION_FIELDS))
+    np.testing.assert_allclose(e[:, 0], _motion(4)[:, FIELD["jaw_open"]] / 0.25, rtol=1e-6)
+
+
+def test_mouth_region_covers_the_mouth_and_follows_a_mirror():
+    m = _motion(3)
+    w = guidance.region_weight(m, 64)
+    assert w.shape == (3, 64, 64, 1) and set(np.unique(w)) == {0.0, 1.0}
+    c = np.round(render.mouth_centre_pixels(m, 64)).astype(int)
+    for i in range(3):
+        assert w[i, c[i, 1], c[i, 0], 0] == 1.0
+        assert 120 <= w[i].sum() <= 200  # ~15 x 11 px at 64 px
+    mirrored = m.copy()
+    for f in ("yaw", "roll", "tx"):
+        mirrored[:, FIELD[f]] *= -1
+    np.testing.assert_array_equal(guidance.region_weight(mirrored, 64), w[:, :, ::-1])
+    err = jnp.ones((3, 64, 64, 3))
+    assert float(guidance.region_l1(err, 0 * err, w)) == pytest.approx(1.0)
+
+
+def _model(**model):
+    c = get_config("test")
+    for k, v in model.items():
+        c.model[k] = v
+    return c, FaceLatentModel(c.model, rngs=nnx.Rngs(0))
+
+
+def test_oracle_rung_takes_motion_from_labels_only():
+    c, m = _model(motion_source="oracle")
+    img = jnp.zeros((2, 64, 64, 3))
+    labels = jnp.asarray(_motion(2))
+    pose, dyn = m.motion_of(img, labels)
+    np.testing.assert_allclose(pose, guidance.pose_labels(labels))
+    assert dyn.shape == (2, c.model.dyn_dim)
+    with pytest.raises(ValueError, match="oracle rung"):
+        m.encode_motion(img)
+    with pytest.raises(ValueError, match="labels"):
+        m.motion_of(img)
+    with pytest.raises(ValueError, match="motion_source"):
+        _model(motion_source="landmarks")
+
+
+def test_sharp_path_is_exact_at_rest_and_moves_with_the_pose():
+    """Untrained warp generators give zero flow; at the identity pose the canonical 2-D
+    features equal the source's, and the driver's sharp features equal the canonical ones. A
+    translation moves them by whole pixels."""
+    c, m = _model(skip_channels=4)
+    img = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3), minval=-1)
+    zero = jnp.zeros((2, warp.POSE_DIM))
+    dyn = jnp.zeros((2, c.model.dyn_dim))
+    (v_can, s_can), zid = m.encode_appearance(img, zero, dyn)
+    _, _, first = m.appearance.encode(img)
+    np.testing.assert_allclose(s_can, m.skip_proj(first), atol=1e-5)
+    driven, coords = m._drive(v_can, zid, zero, dyn)
+    uv = m._surface_coords(driven, coords, s_can.shape[1:3])
+    np.testing.assert_allclose(uv, jnp.broadcast_to(warp.identity_grid(1, 32, 32)[0, ..., :2],
+                                                    uv.shape), atol=1e-6)
+    # tx = 4 / 31 of the normalised width (align_corners): 2 feature pixels at 32 px.
+    shift = zero.at[:, 3].set(4.0 / 31.0)
+    driven, coords = m._drive(v_can, zid, shift, dyn)
+    uv = m._surface_coords(driven, coords, s_can.shape[1:3])
+    from vasa_jax.nn.grid_sample import grid_sample2d
+    moved = grid_sample2d(s_can, uv, padding_mode="zeros", align_corners=True)
+    np.testing.assert_allclose(moved[:, :, 2:], s_can[:, :, :-2], atol=1e-4)
+    out = m.decode((v_can, s_can), zid, shift, dyn)
+    assert out.shape == img.shape and bool(jnp.isfinite(out).all())
+
+
+def test_generator_loss_with_guidance_terms_and_their_gradients():
+    c, m = _model(skip_channels=4, expression_readout=16)
+    lc = c.loss
+    lc.pose_guide, lc.expression_guide, lc.mouth_l1 = 1.0, 1.0, 5.0
+    frames = jnp.asarray(np.random.RandomState(0).randint(0, 255, (3, 2, 64, 64, 3)), jnp.uint8)
+    motion = jnp.asarray(_motion(6).reshape(3, 2, MOTION_DIM))
+    mouth = jnp.asarray(guidance.region_weight(np.asarray(motion).reshape(6, -1), 64)
+                        ).reshape(3, 2, 64, 64, 1)
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+
+    def loss(p):
+        return generator_loss_terms(nnx.merge(graphdef, p, rest), frames, lc, motion=motion,
+                                    mouth=mouth)[:2]
+
+    (total, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert {"pose_guide", "expression_guide", "mouth_l1"} <= set(metrics)
+    assert all(bool(jnp.isfinite(v)) for v in metrics.values())
+    g = nnx.State(grads)
+    # The guides reach the motion encoder and the readout; the sharp path gets gradients.
+    assert float(jnp.abs(g["motion"]["pose"]["kernel"][...]).sum()) > 0
+    assert float(jnp.abs(g["expression_readout"]["out"]["kernel"][...]).sum()) > 0
+    assert float(jnp.abs(g["skip_proj"]["kernel"][...]).sum()) > 0
+    _, bare = _model()
+    with pytest.raises(ValueError, match="expression_readout"):
+        jax.eval_shape(lambda: generator_loss_terms(bare, frames, lc, motion=motion,
+                                                    mouth=mouth))
+
+
+def test_guidance_on_a_dataset_without_labels_is_a_clear_error():
+    c = get_config("test")
+    c.loss.pose_guide = 1.0
+    assert needs_labels(c) and not needs_labels(get_config("test"))
+    task = LatentTask(c)
+    batch = {"frames": np.zeros((2, 2, 64, 64, 3), np.uint8)}
+    with pytest.raises(ValueError, match="motion labels"):
+        task.device_batch(batch)
+    c.loss.mouth_l1 = 1.0
+    out = LatentTask(c).device_batch(dict(batch, motion=_motion(4).reshape(2, 2, -1)))
+    assert out["motion"].shape == (2, 2, 12) and out["mouth"].shape == (2, 2, 64, 64, 1)
+
+
+def test_ladder_table_reads_reports(tmp_path):
+    from vasa_jax.eval.latent_ladder import markdown, read_report, write_ladder
+
+    reports = {}
+    for name, jaw in (("oracle", 0.9), ("guided", 0.5)):
+        d = tmp_path / name
+        d.mkdir()
+        rep = {"workdir": str(d), "checkpoint_step": 100,
+               "self": {"psnr": 30.0, "lpips_alex": 0.1},
+               "cross": {"psnr_vs_render": 25.0, "lpips_alex_vs_render": 0.2,
+                         "probe_r_jaw_open": jaw, "probe_r_yaw": float("nan")},
+               "motion_latents": {"latent_r_jaw_open": 0.7}}
+        (d / "latent_eval.json").write_text(json.dumps(rep))
+        reports[name] = read_report(str(d))
+    js, md = write_ladder(reports, str(tmp_path / "ladder"))
+    text = open(md).read()
+    assert "| oracle | 100 |" in text and "0.900" in text and "0.500" in text
+    assert json.load(open(js))["rows"][1]["cross r jaw_open"] == 0.5
+    assert markdown([]) .count("\n") == 2
+    with pytest.raises(FileNotFoundError, match="eval latent"):
+        read_report(str(tmp_path / "missing"))
+    assert os.path.exists(js)
