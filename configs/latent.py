@@ -1,9 +1,13 @@
 """Stage 1 (FaceLatentModel) configs. Variants: ``test`` (tiny, CPU tests), ``synthtalk64``
-(64 px SynthTalk, trains in at most 60 minutes on a 2-core CPU), ``vox256``, ``vox512`` /
-``paper`` (512 px, V_app 96 x 16 x 64 x 64, about 200M parameters, VoxCeleb2).
+(64 px SynthTalk, trains in at most 60 minutes on a 2-core CPU; the recipe the PyTorch baseline
+mirrors), the diagnostic ladder's rungs ``synthtalk64_oracle`` / ``synthtalk64_guided`` /
+``synthtalk64_unguided`` (the sharp 2-D path, and labels: ground-truth motion, guidance, none),
+``vox256``, ``vox512`` / ``paper`` (512 px, V_app 96 x 16 x 64 x 64, about 200M parameters,
+VoxCeleb2; none of the departures from the papers).
 
 Launch:
   vasa-jax train latent --variant synthtalk64 --workdir runs/latent
+  vasa-jax train latent --variant synthtalk64_guided --workdir runs/ladder/guided
   python launch/train.py --config=configs/latent.py:synthtalk64 --workdir=runs/latent
   python launch/train.py --config=configs/latent.py:paper --workdir=gs://bucket/latent \\
       --config.mesh_shape='(-1,8,1)'

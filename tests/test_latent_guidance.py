@@ -187,3 +187,34 @@ def test_ladder_table_reads_reports(tmp_path):
     with pytest.raises(FileNotFoundError, match="eval latent"):
         read_report(str(tmp_path / "missing"))
     assert os.path.exists(js)
+
+
+def test_generation_decodes_with_the_sharp_path():
+    """The pipeline's window decoder broadcasts the (V_app, S_can) appearance of one photo."""
+    from vasa_jax.pipeline import _decode
+
+    c, m = _model(skip_channels=4, g2d_dyn_cond=True)
+    img = jax.random.uniform(jax.random.PRNGKey(0), (1, 64, 64, 3), minval=-1)
+    app, zid = m.encode_appearance(img, jnp.zeros((1, warp.POSE_DIM)),
+                                   jnp.zeros((1, c.model.dyn_dim)))
+    motion = jnp.zeros((5, warp.POSE_DIM + c.model.dyn_dim))
+    for batch in (0, 2):
+        out = jax.jit(lambda a, z, mo: _decode(m, a, z, mo, batch))(app, zid, motion)
+        assert out.shape == (5, 64, 64, 3) and bool(jnp.isfinite(out).all())
+
+
+def test_eval_ladder_command(tmp_path, capsys):
+    from vasa_jax import cli
+
+    d = tmp_path / "oracle"
+    d.mkdir()
+    (d / "latent_eval.json").write_text(json.dumps(
+        {"checkpoint_step": 7, "self": {"psnr": 30.0}, "cross": {"probe_r_yaw": 0.8}}))
+    out = tmp_path / "ladder"
+    assert cli.main(["eval", "ladder", "--rung", f"oracle={d}", "--out", str(out)]) == 0
+    assert "| oracle | 7 |" in (out / "ladder.md").read_text()
+    assert cli.main(["eval", "ladder", "--rung", str(d), "--out", str(out)]) == 2
+    assert "NAME=DIR" in capsys.readouterr().err
+    assert cli.main(["eval", "ladder", "--rung", f"x={tmp_path / 'none'}", "--out",
+                     str(out)]) == 2
+    assert "eval latent" in capsys.readouterr().err
