@@ -191,9 +191,10 @@ def warp_round_trip(model: FaceLatentModel, frames: np.ndarray,
                     motion: np.ndarray | None = None) -> dict[str, float]:
     """How much of the posed appearance volume survives the trip posed -> canonical -> posed
     with each frame's own pose and flows, which a perfect warp pair would return unchanged.
-    frames (n, R, R, 3) uint8 (``motion`` (n, 12): their labels, for the oracle rung). Returns the relative L2 error of that round trip, of its rigid
-    part alone, and the share of the volume's norm above a 3 x 3 box blur (how fine its
-    per-voxel detail is, and so how much trilinear resampling at sub-voxel offsets costs it)."""
+    frames (n, R, R, 3) uint8 (``motion`` (n, 12): their labels, for the oracle rung).
+    Returns the relative L2 error of that round trip, of its rigid part alone, and the share of
+    the volume's norm above a 3 x 3 box blur (how fine its per-voxel detail is, and so how
+    much trilinear resampling at sub-voxel offsets costs it)."""
     from vasa_jax.latent import warp
 
     x = to_unit(frames)

@@ -41,6 +41,8 @@ class AppearanceEncoder(nnx.Module):
                                             dtype=dtype) for _ in range(blocks_3d)])
         self.id_head = dense(channels[-1], id_dim, ("conv_in", "cond"), rngs=rngs, dtype=dtype)
         self.volume_channels, self.volume_depth = volume_channels, volume_depth
+        # Channels of the first-level features ``encode`` returns (after the first block).
+        self.skip_width = channels[1] if len(channels) > 1 else channels[0]
 
     def features(self, image: jax.Array) -> jax.Array:
         return self._trunk(image)[0]
@@ -57,12 +59,6 @@ class AppearanceEncoder(nnx.Module):
                 first = x
             x = downsample(x, (2, 2))
         return jax.nn.silu(group_norm(self.last(x), self.groups)), first
-
-    @property
-    def skip_width(self) -> int:
-        """Channels of the first-level features ``encode`` returns."""
-        return self.stem.kernel.shape[-1] if not len(self.blocks) else \
-            self.blocks[0].conv2.kernel.shape[-1]
 
     def identity(self, image: jax.Array) -> jax.Array:
         """(b, R, R, 3) -> z_id (b, id_dim) (the default identity embedder of l_cross_id)."""

@@ -32,17 +32,20 @@ from flax import nnx
 
 from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.motion import FIELD, MOTION_DIM
-from vasa_jax.latent.warp import POSE_DIM
 from vasa_jax.nn.layers import dense
 
+# Typical spread of each SynthTalk motion field (radians, normalised units, head scale, 0-1
+# expression units): the unit every guide and the oracle's input measure errors in.
+MOTION_SPREAD = np.array([0.2, 0.1, 0.1, 0.1, 0.1, 0.15, 0.25, 0.25, 0.25, 0.3, 0.15, 0.15],
+                         np.float32)
 EXPRESSION_FIELDS = ("jaw_open", "lip_width", "lip_round", "blink", "gaze_x", "gaze_y")
-# Typical spread of each guided field on SynthTalk (so every channel weighs about the same).
-EXPRESSION_SCALE = np.array([0.25, 0.25, 0.25, 0.3, 0.15, 0.15], np.float32)
+# So every guided expression channel weighs about the same.
+EXPRESSION_SCALE = MOTION_SPREAD[[FIELD[f] for f in EXPRESSION_FIELDS]]
 # z_pose channels with a label (yaw, pitch, roll, tx, ty, log_scale; not tz).
 LABELLED_POSE = np.array([1, 1, 1, 1, 1, 0, 1], np.float32)
-# Typical spread of each z_pose label on SynthTalk (radians, normalised units, log-scale), so
-# the pose guide starts near 1 like the expression guide.
-POSE_SCALE = np.array([0.2, 0.1, 0.1, 0.1, 0.1, 1.0, 0.15], np.float32)
+# The spread of each z_pose label (tz has none; the spread of log scale is about that of
+# scale near 1), so the pose guide starts near 1 like the expression guide.
+POSE_SCALE = np.concatenate([MOTION_SPREAD[:5], [1.0], MOTION_SPREAD[5:6]]).astype(np.float32)
 # The renderer places the head centre 0.02 above ty (``render._render_frame``).
 _TY_OFFSET = 0.02
 
@@ -93,8 +96,6 @@ class OracleDynamics(nnx.Module):
     (two hidden layers). Inputs are centred and scaled by fixed SynthTalk spreads."""
 
     _CENTRE = np.array([0, 0, 0, 0, 0, 1, 0.3, 0.4, 0.3, 0.1, 0, 0], np.float32)
-    _SPREAD = np.array([0.2, 0.1, 0.1, 0.1, 0.1, 0.15, 0.25, 0.25, 0.25, 0.3, 0.15, 0.15],
-                       np.float32)
 
     def __init__(self, dyn_dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.fc1 = dense(MOTION_DIM, hidden, (None, "mlp"), rngs=rngs, dtype=dtype)
@@ -102,7 +103,7 @@ class OracleDynamics(nnx.Module):
         self.out = dense(hidden, dyn_dim, ("mlp", "cond"), rngs=rngs, dtype=dtype)
 
     def __call__(self, motion: jax.Array) -> jax.Array:
-        x = (jnp.asarray(motion, jnp.float32) - self._CENTRE) / self._SPREAD
+        x = (jnp.asarray(motion, jnp.float32) - self._CENTRE) / MOTION_SPREAD
         x = jax.nn.silu(self.fc1(x))
         x = jax.nn.silu(self.fc2(x))
         return self.out(x).astype(jnp.float32)
@@ -128,6 +129,6 @@ def region_l1(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Arra
     return (weight * err).sum() / jnp.maximum(weight.sum(), 1.0)
 
 
-__all__ = ["EXPRESSION_FIELDS", "EXPRESSION_SCALE", "ExpressionReadout", "OracleDynamics",
-           "POSE_DIM", "expression_labels", "pose_guide_loss", "pose_labels", "region_l1",
-           "region_weight"]
+__all__ = ["EXPRESSION_FIELDS", "EXPRESSION_SCALE", "ExpressionReadout", "MOTION_SPREAD",
+           "OracleDynamics", "POSE_SCALE", "expression_labels", "pose_guide_loss", "pose_labels",
+           "region_l1", "region_weight"]

@@ -26,8 +26,11 @@ from vasa_jax.latent.discriminator import MultiScaleDiscriminator
 from vasa_jax.latent.encoders import AppearanceEncoder, MotionEncoder
 from vasa_jax.latent.generator import G2D, G3D, Projection
 from vasa_jax.nn.conv import WSConv
-from vasa_jax.nn.grid_sample import grid_sample2d, grid_sample3d
 from vasa_jax.nn.layers import dtype_of
+
+
+# Where the motion latents come from: the motion encoder, or (the ladder's oracle rung) labels.
+MOTION_SOURCES = ("encoder", "oracle")
 
 
 class FaceLatentModel(nnx.Module):
@@ -126,13 +129,11 @@ class FaceLatentModel(nnx.Module):
         flow = self.warp_to_canonical(jnp.concatenate([z_dyn, z_id], axis=-1))
         coords = warp.posed_to_canonical_coords(warp.identity_grid(*posed.shape[1:4]), z_pose,
                                                 flow)
-        v_can = grid_sample3d(posed, coords, padding_mode="zeros", align_corners=True)
+        v_can = warp.resample(posed, coords)
         if not self.skip_channels:
             return v_can, z_id
         uv = self._surface_coords(v_can, coords, first.shape[1:3])
-        s_can = grid_sample2d(self.skip_proj(first), uv, padding_mode="zeros",
-                              align_corners=True)
-        return (v_can, s_can), z_id
+        return (v_can, warp.resample(self.skip_proj(first), uv)), z_id
 
     def _surface_coords(self, volume: jax.Array, coords: jax.Array, size: tuple[int, int]
                         ) -> jax.Array:
@@ -162,7 +163,7 @@ class FaceLatentModel(nnx.Module):
         flow = self.warp_from_canonical(jnp.concatenate([z_dyn, z_id], axis=-1))
         coords = warp.canonical_coords_of_posed(warp.identity_grid(*v_can.shape[1:4]), z_pose,
                                                 flow)
-        return grid_sample3d(v_can, coords, padding_mode="zeros", align_corners=True), coords
+        return warp.resample(v_can, coords), coords
 
     def decode(self, v_app, z_id: jax.Array, z_pose: jax.Array, z_dyn: jax.Array
                ) -> jax.Array:
@@ -178,7 +179,7 @@ class FaceLatentModel(nnx.Module):
         skip = None
         if self.skip_channels:
             uv = self._surface_coords(driven, coords, s_can.shape[1:3])
-            skip = grid_sample2d(s_can, uv, padding_mode="zeros", align_corners=True)
+            skip = warp.resample(s_can, uv)
         return self.g2d(self.projection(v), skip, z_dyn)  # z_dyn used if g2d_dyn_cond
 
     def reenact(self, source: jax.Array, driver: jax.Array) -> jax.Array:
@@ -187,9 +188,6 @@ class FaceLatentModel(nnx.Module):
         v_app, z_id = self.encode_appearance(source)
         z_pose, z_dyn = self.encode_motion(driver)
         return self.decode(v_app, z_id, z_pose, z_dyn)
-
-
-MOTION_SOURCES = ("encoder", "oracle")
 
 
 def make_face_latent_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vasa_jax.nn.conv import ResBlock, WSConv, group_norm, num_groups, upsample
-from vasa_jax.nn.grid_sample import grid_sample3d
+from vasa_jax.nn.grid_sample import grid_sample2d, grid_sample3d
 from vasa_jax.nn.layers import dense
 
 POSE_DIM = 7
@@ -71,20 +71,26 @@ def canonical_coords_of_posed(grid: jax.Array, pose: jax.Array, flow: jax.Array 
     return c if flow is None else c + flow.astype(jnp.float32)
 
 
+def resample(x: jax.Array, coords: jax.Array) -> jax.Array:
+    """Sample a volume (b, d, h, w, c) at 3-D coords (b, d', h', w', 3), or an image
+    (b, h, w, c) at 2-D coords (b, h', w', 2), in this module's convention (normalised, voxel
+    centres at -1 and 1, zeros outside)."""
+    sample = grid_sample3d if x.ndim == 5 else grid_sample2d
+    return sample(x, coords, padding_mode="zeros", align_corners=True)
+
+
 def warp_to_canonical(volume: jax.Array, pose: jax.Array, flow: jax.Array | None = None
                       ) -> jax.Array:
     """Posed volume (b, d, h, w, c) -> canonical volume of the same shape."""
     grid = identity_grid(*volume.shape[1:4])
-    return grid_sample3d(volume, posed_to_canonical_coords(grid, pose, flow),
-                         padding_mode="zeros", align_corners=True)
+    return resample(volume, posed_to_canonical_coords(grid, pose, flow))
 
 
 def warp_from_canonical(volume: jax.Array, pose: jax.Array, flow: jax.Array | None = None
                         ) -> jax.Array:
     """Canonical volume (b, d, h, w, c) -> the volume posed by ``pose`` (+ ``flow``)."""
     grid = identity_grid(*volume.shape[1:4])
-    return grid_sample3d(volume, canonical_coords_of_posed(grid, pose, flow),
-                         padding_mode="zeros", align_corners=True)
+    return resample(volume, canonical_coords_of_posed(grid, pose, flow))
 
 
 class WarpGenerator(nnx.Module):
