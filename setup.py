@@ -65,6 +65,8 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["vasa_jax", "vasa_jax.*", "data_pipeline", "data_pipeline.*",
                                     "configs"]),
+    # Shipped weights (vasa_jax.shipped): the measuring probe and the motion estimator.
+    package_data={"vasa_jax": ["assets/*.npz", "assets/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["vasa-jax=vasa_jax.cli:main"]},

@@ -4,8 +4,9 @@ Held-out SynthTalk identities (the test split): each real clip's first frame is 
 speech the audio, its gaze/distance/emotion the controls. Rows: Real video; the real clips with
 their audio shuffled across clips (the chance level of the sync and audio-pose columns); our
 model at the default audio guidance λA = 0.5 with 50 steps; λA = 0, 1, 2 (50 steps); and
-λA = 0.5 with 10 steps. The measuring instruments (SynthTalk probe, SyncNet, CAPP) are trained
-first if their workdirs do not exist yet (about 10 minutes each on 2 CPU cores).
+λA = 0.5 with 10 steps. The SynthTalk probe is the shipped one (vasa_jax/assets); SyncNet and
+CAPP are trained first if their workdirs do not exist yet (about 10 minutes each on 2 CPU
+cores).
 
   python benchmarks/quality.py --workdir runs/quickstart      # after `vasa-jax quickstart`
 
@@ -31,12 +32,16 @@ INSTRUMENTS = ("probe", "syncnet", "capp")
 
 
 def ensure_instrument(kind: str, workdir: str, data_dir: str | None, dataset: str) -> str:
-    """Train ``kind`` (its synthtalk64 variant) into ``workdir`` unless it is already there."""
+    """Train ``kind`` (its synthtalk64 variant) into ``workdir`` unless it is already there;
+    the probe is shipped with the package (used unless ``workdir`` holds a trained one)."""
     from vasa_jax import cli
+    from vasa_jax.eval.synthtalk_probe import SHIPPED_PROBE
 
     heldout = os.path.join(workdir, f"{kind}_heldout.json")
     if os.path.exists(heldout):
         return workdir
+    if kind == "probe" and dataset == "res64_small":
+        return SHIPPED_PROBE
     print(f"Training the {kind} instrument into {workdir} (it is not there yet)", flush=True)
     cli.train_stage(argparse.Namespace(stage=kind, variant="synthtalk64", data_dir=data_dir,
                                        workdir=workdir, set=[f"data.config={dataset}"]))

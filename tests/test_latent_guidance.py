@@ -14,7 +14,8 @@ from configs.latent import get_config
 from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.motion import FIELD, MOTION_DIM
 from vasa_jax.latent import guidance, warp
-from vasa_jax.latent.model import FaceLatentModel
+from vasa_jax.latent.generator import G2D
+from vasa_jax.latent.model import FaceLatentModel, _coords_at
 from vasa_jax.train.latent_task import LatentTask, generator_loss_terms, needs_labels
 
 
@@ -110,17 +111,46 @@ def test_sharp_path_is_exact_at_rest_and_moves_with_the_pose():
     _, _, first = m.appearance.encode(img)
     np.testing.assert_allclose(s_can, m.skip_proj(first), atol=1e-5)
     driven, coords = m._drive(v_can, zid, zero, dyn)
-    uv = m._surface_coords(driven, coords, s_can.shape[1:3])
+    uv = _coords_at(m._surface_displacement(driven, coords), s_can.shape[1:3])
     np.testing.assert_allclose(uv, jnp.broadcast_to(warp.identity_grid(1, 32, 32)[0, ..., :2],
                                                     uv.shape), atol=1e-6)
     # tx = 4 / 31 of the normalised width (align_corners): 2 feature pixels at 32 px.
     shift = zero.at[:, 3].set(4.0 / 31.0)
     driven, coords = m._drive(v_can, zid, shift, dyn)
-    uv = m._surface_coords(driven, coords, s_can.shape[1:3])
+    uv = _coords_at(m._surface_displacement(driven, coords), s_can.shape[1:3])
     moved = warp.resample(s_can, uv)
     np.testing.assert_allclose(moved[:, :, 2:], s_can[:, :, :-2], atol=1e-4)
     out = m.decode((v_can, s_can), zid, shift, dyn)
     assert out.shape == img.shape and bool(jnp.isfinite(out).all())
+
+
+def test_pixel_path_carries_source_pixels_and_blends_with_the_mask():
+    """With the pixel path, an untrained decoder at rest shows the source pixels through the
+    occlusion mask (m = G2D.MASK_INIT everywhere) and a translation moves them by whole
+    pixels; a pixel_warp model without the sharp path is a config error."""
+    c, m = _model(skip_channels=4, pixel_warp=True)
+    img = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3), minval=-1)
+    zero = jnp.zeros((2, warp.POSE_DIM))
+    dyn = jnp.zeros((2, c.model.dyn_dim))
+    app, zid = m.encode_appearance(img, zero, dyn)
+    assert len(app) == 4 and app[2].shape == img.shape and app[3].shape == (2, 64, 64, 2)
+    np.testing.assert_allclose(app[3], 0.0, atol=1e-6)
+    # Blending: out = k img + (1 - k) rgb with k = MASK_INIT, rgb the G2D colour head.
+    out = m.decode(app, zid, zero, dyn)
+    k = G2D.MASK_INIT
+    # tx = 8 / 63 of the normalised width: 4 pixels at 64 px; the carried source moves with it.
+    shift = zero.at[:, 3].set(8.0 / 63.0)
+    driven, coords = m._drive(app[0], zid, shift, dyn)
+    uv = _coords_at(m._surface_displacement(driven, coords), (64, 64))
+    moved = warp.resample(img, uv + warp.resample(app[3], uv))
+    np.testing.assert_allclose(moved[:, :, 4:], img[:, :, :-4], atol=1e-4)
+    shifted = m.decode(app, zid, shift, dyn)
+    assert shifted.shape == img.shape and bool(jnp.isfinite(shifted).all())
+    m.g2d.to_mask = None  # the same G2D without the mask: its colour head alone
+    rgb = m.decode(app, zid, zero, dyn)
+    np.testing.assert_allclose(out, k * img + (1 - k) * rgb, atol=5e-5)
+    with pytest.raises(ValueError, match="skip_channels"):
+        _model(pixel_warp=True)
 
 
 def test_generator_loss_with_guidance_terms_and_their_gradients():
@@ -217,3 +247,44 @@ def test_eval_ladder_command(tmp_path, capsys):
     assert cli.main(["eval", "ladder", "--rung", f"x={tmp_path / 'none'}", "--out",
                      str(out)]) == 2
     assert "eval latent" in capsys.readouterr().err
+
+
+def test_estimator_source_reads_motion_with_a_frozen_trained_probe(probe_run, synthtalk_tiny,
+                                                                   tmp_path):
+    """``motion_source="estimator"``: the task installs a trained probe's weights, the motion
+    comes from its reading of the frames (no labels needed), and training leaves the estimator
+    untouched while the decoder learns. Without a workdir the error names the fix."""
+    from trainer_configs import make_test_config
+
+    from vasa_jax.eval.synthtalk_probe import restore_probe
+    from vasa_jax.train.trainer import Trainer
+
+    probe_dir, probe_cfg, _ = probe_run
+    over = {"model.motion_source": "estimator", "model.skip_channels": 4,
+            "model.pixel_warp": True, "model.estimator_workdir": probe_dir,
+            "train.steps": 3, "train.checkpoint_every": 3, "train.eval_every": 0,
+            "train.image_every": 0}
+    c = make_test_config(get_config, synthtalk_tiny, **over)
+    c.model.estimator = probe_cfg.model
+    assert not needs_labels(c)
+    trainer = Trainer(LatentTask(c), c, str(tmp_path / "run"))
+    probe = restore_probe(probe_dir)
+    probe_model = nnx.merge(probe.graphdef, probe.state)
+    before = trainer.model(ema=False)
+    flat = lambda m: jax.tree.leaves(nnx.state(m))  # noqa: E731
+    for a, b in zip(flat(before.estimator), flat(probe_model)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    frames = jax.random.uniform(jax.random.PRNGKey(2), (2, 64, 64, 3), minval=-1)
+    pose, dyn = before.encode_motion(frames)
+    np.testing.assert_allclose(pose, guidance.pose_labels(probe_model.predict_motion(frames)[0]),
+                               atol=1e-5)
+    assert dyn.shape == (2, c.model.dyn_dim)
+    gen_before = np.asarray(before.g2d.to_rgb.kernel[...]).copy()
+    trainer.fit()
+    after = trainer.model(ema=False)
+    for a, b in zip(flat(after.estimator), flat(probe_model)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(after.g2d.to_rgb.kernel[...]), gen_before)
+    c.model.estimator_workdir = ""
+    with pytest.raises(ValueError, match="vasa-jax train probe"):
+        LatentTask(c).prepare()

@@ -9,6 +9,7 @@
   vasa-jax train motion --workdir DIR            train stage 2 (MotionDiT) on one host
   vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
   vasa-jax train syncnet|capp --workdir DIR      train the lip-sync / audio-pose instruments
+  vasa-jax ship --workdir DIR --name NAME        a trained probe -> shipped weights (package:NAME)
   vasa-jax eval latent --workdir DIR             self/cross-reenactment report for stage 1
   vasa-jax eval ladder --rung NAME=DIR ...       stage 1's diagnostic ladder as one table
   vasa-jax eval motion --workdir DIR             lip-sync / head-motion / gaze table for stage 2
@@ -181,7 +182,7 @@ def eval_latent(args) -> tuple[str, str]:
     try:
         trainer, step = load_trainer(args.workdir)
         probe = None
-        if args.probe_workdir:
+        if args.probe_workdir and args.probe_workdir != "none":
             from vasa_jax.eval.synthtalk_probe import load_probe
 
             probe = load_probe(args.probe_workdir)
@@ -337,6 +338,26 @@ def eval_sets(args) -> dict[str, str]:
                                real=real)
     print(table.markdown_table({k: v.row for k, v in results.items()}))
     print("\n".join(f"Wrote {p}" for p in paths.values()))
+    return paths
+
+
+def ship_weights(args) -> tuple[str, str]:
+    """A trained probe run -> ``vasa_jax/assets/NAME.{npz,json}`` (``vasa_jax.shipped``)."""
+    from vasa_jax import shipped
+    from vasa_jax.eval.synthtalk_probe import load_probe
+
+    try:
+        probe = load_probe(args.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    from flax import nnx
+
+    command = args.command or (f"vasa-jax train probe --workdir {args.workdir} --variant "
+                               f"{probe.config.variant} --set seed={probe.config.seed}")
+    paths = shipped.ship(args.name, nnx.merge(probe.graphdef, probe.state), kind="probe",
+                         config=probe.config, step=probe.step, heldout=probe.heldout,
+                         command=command, assets=args.assets or shipped.ASSETS)
+    print("\n".join(f"Wrote {p}" for p in paths))
     return paths
 
 
@@ -671,6 +692,14 @@ def parser() -> argparse.ArgumentParser:
                    help="override a stage-2 config field (repeatable)")
     q.set_defaults(func=quickstart)
 
+    sh = sub.add_parser("ship", help="a trained SynthTalk probe run (a measuring instrument "
+                        "or the motion estimator) -> vasa_jax/assets/NAME.{npz,json}")
+    sh.add_argument("--workdir", required=True, help="the probe run (with probe_heldout.json)")
+    sh.add_argument("--name", required=True, help="shipped as package:NAME")
+    sh.add_argument("--command", default="", help="how it was trained (recorded)")
+    sh.add_argument("--assets", default=None, help="default: the package's vasa_jax/assets")
+    sh.set_defaults(func=ship_weights)
+
     tr = sub.add_parser("train", help="train a stage on this host")
     trsub = tr.add_subparsers(dest="stage", required=True)
     for stage, help_ in STAGES.items():
@@ -738,8 +767,9 @@ def parser() -> argparse.ArgumentParser:
     em.set_defaults(func=eval_motion)
     el = evsub.add_parser("latent", help="stage 1: self/cross-reenactment on held-out people")
     el.add_argument("--workdir", required=True, help="the stage-1 training workdir")
-    el.add_argument("--probe-workdir", default=None,
-                    help="a trained SynthTalk probe (vasa-jax train probe) for motion transfer")
+    el.add_argument("--probe-workdir", default="package:probe_synthtalk64",
+                    help="the SynthTalk probe that measures motion transfer: the shipped one "
+                         "(default), a run of `vasa-jax train probe`, or 'none'")
     el.add_argument("--data-dir", default=None)
     el.add_argument("--split", default="test")
     el.add_argument("--max-clips", type=int, default=0, help="0 = the whole split")

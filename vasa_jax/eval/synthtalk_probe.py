@@ -26,6 +26,7 @@ Not every field is readable: at 64 px the pupils and eyelids are a pixel or two,
 Use::
 
   probe = load_probe("runs/probe")          # trained with configs/probe.py
+  probe = load_probe(SHIPPED_PROBE)         # the shipped instrument (vasa_jax/assets)
   out = probe.predict(frames)               # {"motion": (n, 12), "emotion": (n,), ...}
   probe.heldout["r/jaw_open"]               # report beside every number that uses it
 """
@@ -39,6 +40,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -46,6 +48,10 @@ from data_pipeline.synthtalk.motion import EMOTIONS, MOTION_FIELDS
 from vasa_jax.nn.layers import dense, dtype_of, stat
 
 HELDOUT_FILE = "probe_heldout.json"
+# The shipped measuring probe and the shipped motion estimator (same architecture, another
+# seed; stage 1's ``model.motion_source = "estimator"``), in vasa_jax/assets.
+SHIPPED_PROBE = "package:probe_synthtalk64"
+SHIPPED_ESTIMATOR = "package:estimator_synthtalk64"
 # Logical axis names of the probe's parameters; none of them is in ``parallel.DEFAULT_RULES``,
 # so the (small) probe is replicated on every mesh.
 CONV_AXES = (None, None, "conv_in", "conv_out")
@@ -263,9 +269,15 @@ def _fix(workdir: str) -> str:
 
 def restore_probe(workdir: str, *, step: int | None = None) -> Probe:
     """The trained probe in ``workdir`` (EMA weights of the latest checkpoint), without its
-    held-out metrics (``load_probe`` adds them)."""
+    held-out metrics (``load_probe`` adds them); or the shipped probe ``package:NAME``
+    (``vasa_jax.shipped``), with them."""
+    from vasa_jax import shipped
     from vasa_jax.train.restore import restore_run
 
+    if shipped.is_shipped(workdir):
+        model, rec = shipped.load(workdir, lambda c: make_probe(c.model, rngs=nnx.Rngs(0)))
+        return Probe(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
+                     heldout=rec["heldout"])
     model, step, config = restore_run(workdir, "probe", "SynthTalk probe", _fix(workdir),
                                       step=step)
     return Probe(model, step=step, config=config)
@@ -283,8 +295,10 @@ def load_probe(workdir: str, *, step: int | None = None) -> Probe:
 
     Raises FileNotFoundError naming the fix when the workdir has no checkpoint or no
     ``probe_heldout.json``."""
-    path = os.path.join(workdir, HELDOUT_FILE)
     probe = restore_probe(workdir, step=step)
+    if probe.heldout:  # a shipped probe carries its held-out metrics in its record
+        return probe
+    path = os.path.join(workdir, HELDOUT_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path} is missing: the probe's held-out accuracy must be reported with it. Write "

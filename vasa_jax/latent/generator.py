@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -66,10 +67,17 @@ class G2D(nnx.Module):
     skip_channels), concatenated to its input (the warped source features of the sharp path).
     ``cond_dim`` > 0: adaptive GroupNorm on a code ``cond`` (b, cond_dim) in every block (the
     driving z_dyn: a local feature that marks the mouth times a global jaw gain draws an opening
-    at full resolution); starts as plain GroupNorm. Unconditioned blocks ignore ``cond``."""
+    at full resolution); starts as plain GroupNorm. Unconditioned blocks ignore ``cond``.
+    ``occlusion``: also predict a per-pixel mask m and return m * ``pixels`` + (1 - m) * RGB,
+    ``pixels`` (b, R, R, 3) being the source image warped to the driver (the pixel path; FOMM's
+    occlusion-aware output): what the warp carries stays sharp, G2D paints what it cannot
+    (the inside of an opening mouth). m starts near ``MASK_INIT`` everywhere."""
+
+    MASK_INIT = 0.88  # sigmoid(2): an untrained decoder shows mostly the warped source
 
     def __init__(self, in_ch: int, channels: Sequence[int], *, rngs: nnx.Rngs, patch: int = 1,
-                 skip_channels: int = 0, cond_dim: int = 0, dtype=jnp.float32):
+                 skip_channels: int = 0, cond_dim: int = 0, occlusion: bool = False,
+                 dtype=jnp.float32):
         self.patch = patch
         ins = (in_ch,) + tuple(channels[:-1])
         ins = ins[:-1] + (ins[-1] + skip_channels,)
@@ -78,14 +86,22 @@ class G2D(nnx.Module):
         self.groups = num_groups(channels[-1])
         self.to_rgb = WSConv(channels[-1], 3 * patch * patch, 3, ndim=2, rngs=rngs,
                              out_axis=None, dtype=dtype)
+        self.to_mask = (WSConv(channels[-1], patch * patch, 3, ndim=2, rngs=rngs,
+                               standardize=False, zero_init=True, out_axis=None, dtype=dtype)
+                        if occlusion else None)
 
     def __call__(self, x: jax.Array, skip: jax.Array | None = None,
-                 cond: jax.Array | None = None) -> jax.Array:
+                 cond: jax.Array | None = None, pixels: jax.Array | None = None) -> jax.Array:
         for i, block in enumerate(self.blocks):
             if i > 0:
                 x = upsample(x, (2, 2))
             if skip is not None and i == len(self.blocks) - 1:
                 x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
             x = block(x, cond)
-        x = self.to_rgb(jax.nn.silu(group_norm(x, self.groups)))
-        return jnp.tanh(depth_to_space(x, self.patch).astype(jnp.float32))
+        x = jax.nn.silu(group_norm(x, self.groups))
+        rgb = jnp.tanh(depth_to_space(self.to_rgb(x), self.patch).astype(jnp.float32))
+        if self.to_mask is None:
+            return rgb
+        logit = depth_to_space(self.to_mask(x), self.patch).astype(jnp.float32)
+        m = jax.nn.sigmoid(logit + math.log(self.MASK_INIT / (1.0 - self.MASK_INIT)))
+        return m * pixels.astype(jnp.float32) + (1.0 - m) * rgb

@@ -2,7 +2,9 @@
 
 encode_appearance: image -> canonical appearance volume ``V_app`` (b, D, H, W, C) + ``z_id``;
                    with the sharp path (``skip_channels`` > 0) the appearance is the pair
-                   (V_app, S_can), S_can (b, R/p, R/p, skip_channels) canonical 2-D features
+                   (V_app, S_can), S_can (b, R/p, R/p, skip_channels) canonical 2-D features;
+                   with the pixel path (``pixel_warp``) the 4-tuple (V_app, S_can, source
+                   image (b, R, R, 3), canonical -> source displacement (b, R, R, 2))
 encode_motion:     image -> ``z_pose`` (b, 7) + ``z_dyn`` (b, dyn_dim)
 motion_of:         the motion latents of frames, from the encoder or (the oracle rung) labels
 decode:            (V_app, z_id, z_pose, z_dyn) -> image (b, R, R, 3) in [-1, 1]
@@ -24,13 +26,15 @@ from flax import nnx
 from vasa_jax.latent import guidance, warp
 from vasa_jax.latent.discriminator import MultiScaleDiscriminator
 from vasa_jax.latent.encoders import AppearanceEncoder, MotionEncoder
+from vasa_jax.eval.synthtalk_probe import make_probe
 from vasa_jax.latent.generator import G2D, G3D, Projection
-from vasa_jax.nn.conv import WSConv
+from vasa_jax.nn.conv import WSConv, space_to_depth
 from vasa_jax.nn.layers import dtype_of
 
 
-# Where the motion latents come from: the motion encoder, or (the ladder's oracle rung) labels.
-MOTION_SOURCES = ("encoder", "oracle")
+# Where the motion latents come from: the motion encoder; (the ladder's oracle rung) the labels;
+# or a frozen pretrained motion estimator (a probe-architecture CNN trained on the labels).
+MOTION_SOURCES = ("encoder", "oracle", "estimator")
 
 
 class FaceLatentModel(nnx.Module):
@@ -68,10 +72,15 @@ class FaceLatentModel(nnx.Module):
         self.projection = Projection(cfg.volume_depth, cfg.g3d_channels[0], cfg.g2d_channels[0],
                                      rngs=rngs, dtype=dtype)
         skip = cfg.get("skip_channels", 0)
+        self.pixel_warp = bool(cfg.get("pixel_warp", False))
+        if self.pixel_warp and not skip:
+            raise ValueError("model.pixel_warp rides the sharp 2-D path's soft surface: set "
+                             "model.skip_channels > 0 as well.")
+        self.patch = patch
         self.g2d = G2D(cfg.g2d_channels[0], cfg.g2d_channels, rngs=rngs, patch=patch,
-                       skip_channels=skip,
+                       skip_channels=skip + (3 * patch * patch if self.pixel_warp else 0),
                        cond_dim=cfg.dyn_dim if cfg.get("g2d_dyn_cond", False) else 0,
-                       dtype=dtype)
+                       occlusion=self.pixel_warp, dtype=dtype)
         # The sharp path (not in MegaPortraits; see ``decode``): first-level source features,
         # carried to canonical and to the driver by the depth-collapsed 3-D warps.
         self.skip_channels = skip
@@ -92,7 +101,11 @@ class FaceLatentModel(nnx.Module):
                              f"{source!r}.")
         self.motion_source = source
         self.oracle = (guidance.OracleDynamics(cfg.dyn_dim, cfg.motion_hidden, rngs=rngs)
-                       if source == "oracle" else None)
+                       if source in ("oracle", "estimator") else None)
+        # The estimator's weights come from its own training run (LatentTask.prepare) and stay
+        # frozen: LatentTask's parameter groups leave out the path "estimator".
+        self.estimator = (make_probe(cfg.estimator, rngs=rngs) if source == "estimator"
+                          else None)
         hidden = cfg.get("expression_readout", 0)
         self.expression_readout = (guidance.ExpressionReadout(cfg.dyn_dim, hidden, rngs=rngs)
                                    if hidden else None)
@@ -100,6 +113,8 @@ class FaceLatentModel(nnx.Module):
     # -- encoders ------------------------------------------------------------------------------
     def encode_motion(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(b, R, R, 3) in [-1, 1] -> z_pose (b, 7), z_dyn (b, dyn_dim)."""
+        if self.motion_source == "estimator":
+            return self.motion_of(image)
         if self.motion_source == "oracle":
             raise ValueError("This stage-1 model is the oracle rung (model.motion_source="
                              "'oracle'): its motion comes from ground-truth labels, so it cannot "
@@ -109,11 +124,14 @@ class FaceLatentModel(nnx.Module):
 
     def motion_of(self, image: jax.Array, labels: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array]:
-        """z_pose (b, 7), z_dyn (b, dyn_dim) of frames (b, R, R, 3): from the motion encoder,
-        or, for the oracle rung, from the ground-truth motion ``labels`` (b, 12)."""
-        if self.motion_source != "oracle":
+        """z_pose (b, 7), z_dyn (b, dyn_dim) of frames (b, R, R, 3): from the motion encoder;
+        for the oracle rung, from the ground-truth motion ``labels`` (b, 12); for the estimator
+        source, from the frozen estimator's reading of the frames (labels unused)."""
+        if self.motion_source == "encoder":
             return self.motion(image)
-        if labels is None:
+        if self.motion_source == "estimator":
+            labels = jax.lax.stop_gradient(self.estimator.predict_motion(image)[0])
+        elif labels is None:
             raise ValueError("The oracle rung needs the frames' ground-truth motion labels.")
         return guidance.pose_labels(labels), self.oracle(labels)
 
@@ -132,22 +150,22 @@ class FaceLatentModel(nnx.Module):
         v_can = warp.resample(posed, coords)
         if not self.skip_channels:
             return v_can, z_id
-        uv = self._surface_coords(v_can, coords, first.shape[1:3])
-        return (v_can, warp.resample(self.skip_proj(first), uv)), z_id
+        disp = self._surface_displacement(v_can, coords)
+        s_can = warp.resample(self.skip_proj(first), _coords_at(disp, first.shape[1:3]))
+        if not self.pixel_warp:
+            return (v_can, s_can), z_id
+        # The pixel path keeps the source pixels and, per canonical pixel, the displacement to
+        # where it lies in them (composed with the driver's in ``decode``: one resampling).
+        pixel_disp = _coords_at(disp, image.shape[1:3]) - _identity_2d(image.shape[1:3])
+        return (v_can, s_can, image, pixel_disp), z_id
 
-    def _surface_coords(self, volume: jax.Array, coords: jax.Array, size: tuple[int, int]
-                        ) -> jax.Array:
+    def _surface_displacement(self, volume: jax.Array, coords: jax.Array) -> jax.Array:
         """Collapse a 3-D sampling grid to 2-D along depth: per (h, w), the (x, y) of
         ``coords`` (b, d, h, w, 3) averaged over depth with softmax weights from
-        ``depth_logit(volume)`` (a learned soft surface), resized to ``size`` -> (b, H, W, 2)."""
+        ``depth_logit(volume)`` (a learned soft surface), minus the identity -> (b, h, w, 2)."""
         w = jax.nn.softmax(self.depth_logit(volume).astype(jnp.float32), axis=1)
         uv = (w * coords[..., :2]).sum(axis=1)
-        if uv.shape[1:3] != tuple(size):  # resize the displacement, so identity stays exact
-            h, w_ = uv.shape[1:3]
-            disp = uv - warp.identity_grid(1, h, w_)[0, ..., :2]
-            disp = jax.image.resize(disp, (uv.shape[0],) + tuple(size) + (2,), "bilinear")
-            uv = disp + warp.identity_grid(1, *size)[0, ..., :2]
-        return uv
+        return uv - _identity_2d(uv.shape[1:3])
 
     def identity(self, image: jax.Array) -> jax.Array:
         """z_id (b, id_dim) of an image (the default identity embedder of l_cross_id)."""
@@ -173,14 +191,22 @@ class FaceLatentModel(nnx.Module):
         collapses the canonical -> driver warp to 2-D, which carries S_can to the driver and
         into G2D's last block (one bilinear resampling at R/p instead of trilinear ones at the
         coarser volume: eyes and mouth keep their edges)."""
-        v_can, s_can = v_app if self.skip_channels else (v_app, None)
+        v_can = v_app[0] if self.skip_channels else v_app
         driven, coords = self._drive(v_can, z_id, z_pose, z_dyn)
         v = self.g3d(driven, z_dyn)  # z_dyn used if g3d_dyn_cond
-        skip = None
+        skip = pixels = None
         if self.skip_channels:
-            uv = self._surface_coords(driven, coords, s_can.shape[1:3])
-            skip = warp.resample(s_can, uv)
-        return self.g2d(self.projection(v), skip, z_dyn)  # z_dyn used if g2d_dyn_cond
+            s_can = v_app[1]
+            disp = self._surface_displacement(driven, coords)
+            skip = warp.resample(s_can, _coords_at(disp, s_can.shape[1:3]))
+        if self.pixel_warp:
+            source, pixel_disp = v_app[2], v_app[3]
+            uv = _coords_at(disp, source.shape[1:3])  # driver pixel -> canonical
+            pixels = warp.resample(source, uv + warp.resample(pixel_disp, uv))
+            skip = jnp.concatenate([skip, space_to_depth(pixels, self.patch).astype(skip.dtype)],
+                                   axis=-1)
+        # z_dyn used if g2d_dyn_cond
+        return self.g2d(self.projection(v), skip, z_dyn, pixels=pixels)
 
     def reenact(self, source: jax.Array, driver: jax.Array) -> jax.Array:
         """The source's appearance with the driver's pose and dynamics: (b, R, R, 3) x 2 ->
@@ -188,6 +214,20 @@ class FaceLatentModel(nnx.Module):
         v_app, z_id = self.encode_appearance(source)
         z_pose, z_dyn = self.encode_motion(driver)
         return self.decode(v_app, z_id, z_pose, z_dyn)
+
+
+def _identity_2d(size: tuple[int, int]) -> jax.Array:
+    """(h, w, 2) pixel centres in normalised (x, y) coordinates."""
+    return warp.identity_grid(1, *size)[0, ..., :2]
+
+
+def _coords_at(disp: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """A 2-D displacement field (b, h, w, 2) resized bilinearly to ``size``, plus the identity
+    there -> sampling coordinates (b, H, W, 2) (resizing the displacement, not the coordinates,
+    keeps the identity exact)."""
+    if disp.shape[1:3] != tuple(size):
+        disp = jax.image.resize(disp, (disp.shape[0],) + tuple(size) + (2,), "bilinear")
+    return disp + _identity_2d(size)
 
 
 def make_face_latent_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs

@@ -38,6 +38,9 @@ from vasa_jax.latent.model import FaceLatentModel, make_face_latent_model, to_un
 from vasa_jax.train.task import Task
 
 DISCRIMINATOR = nnx.All(nnx.Param, nnx.PathContains("discriminator"))
+# A frozen pretrained motion estimator (model.motion_source = "estimator") is in no group: its
+# weights ride in the train state's ``rest``, untouched by the optimiser and weight decay.
+GENERATOR = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("estimator")))
 
 
 def pair_loader_config(config, *, split: str, train: bool, batch_size: int,
@@ -56,11 +59,45 @@ def pair_loader_config(config, *, split: str, train: bool, batch_size: int,
 class LatentTask(Task):
     name = "latent"
     # The discriminator's filter comes first: a variable goes to the first group it matches.
-    param_groups = {"discriminator": DISCRIMINATOR, "generator": nnx.Param}
+    param_groups = {"discriminator": DISCRIMINATOR, "generator": GENERATOR}
     ema_groups = ("generator",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.estimator_state = None
+
+    def prepare(self) -> None:
+        """Load the frozen motion estimator's weights (``model.motion_source = "estimator"``)
+        from ``model.estimator_workdir``: a probe-task run or a shipped ``package:NAME``
+        (skipped on restore: the checkpoint holds them)."""
+        m = self.config.model
+        if m.get("motion_source", "encoder") != "estimator":
+            return
+        workdir = m.get("estimator_workdir", "")
+        if not workdir:
+            raise ValueError(
+                "model.motion_source='estimator' needs model.estimator_workdir: the shipped "
+                "estimator (--set model.estimator_workdir=package:estimator_synthtalk64) or the "
+                "run dir of one you trained (`vasa-jax train probe --workdir runs/estimator "
+                "--set seed=1`, then --set model.estimator_workdir=runs/estimator).")
+        from vasa_jax.eval.synthtalk_probe import restore_probe
+
+        probe = restore_probe(workdir)
+        mine = jax.tree.map(lambda x: x.shape, nnx.state(
+            nnx.eval_shape(lambda: make_face_latent_model(m, rngs=nnx.Rngs(0))).estimator))
+        theirs = jax.tree.map(lambda x: x.shape, probe.state)
+        if mine != theirs:
+            raise ValueError(f"The motion estimator in {workdir} does not match "
+                             f"model.estimator (widths, blocks, head, ...): set model.estimator "
+                             f"to the config it was trained with ({dict(probe.config.model)}).")
+        self.estimator_state = jax.device_get(probe.state)
 
     def make_model(self, rngs: nnx.Rngs) -> FaceLatentModel:
         return make_face_latent_model(self.config.model, rngs=rngs)
+
+    def init_model(self, model: FaceLatentModel) -> None:
+        if self.estimator_state is not None:
+            nnx.update(model.estimator, jax.tree.map(jnp.asarray, self.estimator_state))
 
     # -- data ----------------------------------------------------------------------------------
     def train_loader(self):
