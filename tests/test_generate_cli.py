@@ -116,12 +116,18 @@ def test_bad_inputs_fail_clearly_and_write_nothing(generation_workdirs, inputs, 
 @pytest.mark.slow
 def test_main_job_runs_the_whole_pipeline(tmp_path, capsys, monkeypatch):
     """The README's main job with test-sized variants: SynthTalk -> stage 1 -> latents ->
-    stage 2 -> a held-out identity speaking held-out audio, side by side with the truth."""
+    stage 2 -> a held-out identity speaking held-out audio, side by side with the truth.
+    Stage 1 takes the main job's design: motion from the shipped frozen estimator, the sharp
+    2-D and pixel paths."""
     monkeypatch.setenv("VASA_JAX_C2PA_DIR", str(tmp_path / "c2pa"))
     wd = tmp_path / "qs"
     assert cli.main(["quickstart", "--workdir", str(wd), "--synthtalk-config", "res64_tiny",
                      "--workers", "1", "--latent-variant", "test",
-                     "--motion-variant", "test_latents", "--set-motion", "sample.steps=3"]) == 0
+                     "--motion-variant", "test_latents", "--set-motion", "sample.steps=3",
+                     "--set-latent", "model.motion_source=estimator",
+                     "--set-latent", "model.estimator_workdir=package:estimator_synthtalk64",
+                     "--set-latent", "model.skip_channels=4",
+                     "--set-latent", "model.pixel_warp=True"]) == 0
     out = capsys.readouterr().out
     assert "C2PA manifest: VALID" in out and "watermark: DETECTED" in out
     gen, _, _, _ = read_mp4(wd / "demo" / "generated.mp4")

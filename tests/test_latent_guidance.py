@@ -218,11 +218,13 @@ def test_ladder_table_reads_reports(tmp_path):
     assert os.path.exists(js)
 
 
-def test_generation_decodes_with_the_sharp_path():
-    """The pipeline's window decoder broadcasts the (V_app, S_can) appearance of one photo."""
+@pytest.mark.parametrize("pixel_warp", [False, True])
+def test_generation_decodes_with_the_sharp_path(pixel_warp):
+    """The pipeline's window decoder broadcasts the appearance of one photo: (V_app, S_can),
+    or with the pixel path the 4-tuple that also holds the photo's pixels."""
     from vasa_jax.pipeline import _decode
 
-    c, m = _model(skip_channels=4, g2d_dyn_cond=True)
+    c, m = _model(skip_channels=4, g2d_dyn_cond=True, pixel_warp=pixel_warp)
     img = jax.random.uniform(jax.random.PRNGKey(0), (1, 64, 64, 3), minval=-1)
     app, zid = m.encode_appearance(img, jnp.zeros((1, warp.POSE_DIM)),
                                    jnp.zeros((1, c.model.dyn_dim)))

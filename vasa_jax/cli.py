@@ -171,7 +171,7 @@ def train_motion(args) -> dict:
     return train_stage(argparse.Namespace(**vars(args), stage="motion"))
 
 
-DEFAULT_VARIANTS = {"motion": "synthtalk", "latent": "synthtalk64", "probe": "synthtalk64",
+DEFAULT_VARIANTS = {"motion": "synthtalk", "latent": "synthtalk64_estimator", "probe": "synthtalk64",
                     "syncnet": "synthtalk64", "capp": "synthtalk64"}
 
 
