@@ -208,6 +208,11 @@ def _synthtalk64_guided(c):
       of an opening mouth). With oracle motion for 1,000 steps this took held-out self LPIPS
       0.162 -> 0.024, cross-reenactment PSNR 27.2 -> 32.4 dB, the probe's yaw r 0.77 -> 0.93
       and jaw r 0.27 -> 0.42 (the ladder's rows ``oracle`` and ``oracle + pixel path``).
+      The mask's gradient reaches G2D's own colour only through (1 - m), about 0.04 at the
+      mouth, so at ``mouth_l1`` = 20 G2D never learned to paint and the output showed the
+      source's mouth (probe jaw r 0.79 with the *source's* jaw); ``mouth_l1`` = 100 makes the
+      mask open where the driver's mouth does (mask r -0.73 with the driver's jaw) and took
+      the oracle's cross-reenactment jaw r 0.42 -> 0.77 (row ``oracle + mouth L1 100``).
 
     The ladder's other rungs change one switch: ``synthtalk64_oracle`` (ground-truth motion
     instead of the motion encoder) and ``synthtalk64_unguided`` (no labels: the papers'
@@ -219,7 +224,7 @@ def _synthtalk64_guided(c):
     c.model.expression_readout = 64
     c.loss.pose_guide = 10.0
     c.loss.expression_guide = 1.0
-    c.loss.mouth_l1 = 20.0
+    c.loss.mouth_l1 = 100.0
 
 
 def _synthtalk64_oracle(c):
