@@ -1,0 +1,72 @@
+"""Where the pixel path loses the mouth: the output split into G2D's own colour and its mask.
+
+Cross-reenacts held-out clips (source: a clip's first frame, drivers: the next identity's clip,
+every 3rd frame) and reads jaw_open with the shipped probe on G2D's colour (rgb), the carried
+source pixels (pix) and the blend (out), against the driver's ground truth (gt) and the source
+frame's (src); plus the mask's mean in the 11 x 7 px box at the driver's mouth and its r with the
+driver's jaw. Writes RUN_NAME.json and RUN_NAME.png (rows: driver, rgb, pix, out, mask) here.
+
+  python docs/results/stage1_ladder/mask_diagnostic/mask_diagnostic.py runs/pix/oracle [clips]
+"""
+import json, math, os, sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from vasa_jax.train.restore import host_model, load_trainer
+from vasa_jax.eval.synthtalk_probe import load_probe, SHIPPED_PROBE, pearson_or_nan, read_clips
+from vasa_jax.latent import warp
+from vasa_jax.latent.model import _coords_at, to_unit, to_uint8
+from vasa_jax.nn.conv import depth_to_space, group_norm, space_to_depth, upsample
+from data_pipeline.synthtalk.render import mouth_centre_pixels
+HERE = os.path.dirname(os.path.abspath(__file__))
+wd = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+tr, step = load_trainer(wd); cfg = tr.config; model = host_model(tr)
+probe = load_probe(SHIPPED_PROBE); J = list(probe.motion_fields).index("jaw_open")
+clips = read_clips(cfg, "test", n)
+def parts(model, src, smot, drv, dmot):
+    x = to_unit(src); p, d = model.motion_of(x, smot)
+    (v_can, s_can, image, pdisp), zid = model.encode_appearance(x, p, d)
+    pose, dyn = model.motion_of(to_unit(drv), dmot)
+    driven, coords = model._drive(v_can, zid, pose, dyn)
+    v = model.g3d(driven, dyn)
+    disp = model._surface_displacement(driven, coords)
+    skip = warp.resample(s_can, _coords_at(disp, s_can.shape[1:3]))
+    uv = _coords_at(disp, image.shape[1:3]); pixels = warp.resample(image, uv + warp.resample(pdisp, uv))
+    skip = jnp.concatenate([skip, space_to_depth(pixels, model.patch)], -1)
+    g = model.g2d; h = model.projection(v)
+    for i, block in enumerate(g.blocks):
+        if i > 0: h = upsample(h, (2, 2))
+        if i == len(g.blocks) - 1: h = jnp.concatenate([h, skip], -1)
+        h = block(h, dyn)
+    h = jax.nn.silu(group_norm(h, g.groups))
+    rgb = jnp.tanh(depth_to_space(g.to_rgb(h), g.patch))
+    m = jax.nn.sigmoid(depth_to_space(g.to_mask(h), g.patch) + math.log(g.MASK_INIT / (1 - g.MASK_INIT)))
+    return rgb, m, pixels
+f = nnx.jit(parts)
+R = {k: [] for k in ("gt", "rgb", "pix", "out", "m_mouth", "m_all", "src")}
+for k, c in enumerate(clips):
+    other = clips[(k + 1) % n] if clips[(k + 1) % n]["identity"] != c["identity"] else clips[(k + 2) % n]
+    dm = other["motion"][::3].astype(np.float32); drv = other["frames"][::3]; T = len(dm)
+    src = np.repeat(c["frames"][:1], T, 0); sm = np.repeat(c["motion"][:1], T, 0).astype(np.float32)
+    rgb, m, pix = f(model, src, sm, drv, dm)
+    out = m * pix + (1 - m) * rgb
+    for key, im in (("rgb", rgb), ("pix", pix), ("out", out)):
+        R[key].append(probe.predict(np.asarray(to_uint8(im)))["motion"][:, J])
+    R["gt"].append(dm[:, J]); R["src"].append(sm[:, J])
+    mc = mouth_centre_pixels(dm, 64).round().astype(int); m = np.asarray(m)[..., 0]
+    R["m_mouth"].append(np.array([m[t, max(r-3,0):r+4, max(cc-5,0):cc+6].mean() for t, (cc, r) in enumerate(mc)]))
+    R["m_all"].append(m.mean((1, 2)))
+    if k == 0:
+        import PIL.Image
+        PIL.Image.fromarray(np.concatenate([np.concatenate(list(np.asarray(to_uint8(x))[:8]), 1) for x in (jnp.asarray(to_unit(drv)), rgb, pix, out, jnp.repeat(m[..., None]*2-1, 3, -1))], 0)).resize((8*128, 5*128), 0).save(os.path.join(HERE, os.path.basename(wd.rstrip("/")) + ".png"))
+R = {k: np.concatenate(v) for k, v in R.items()}
+o = {"workdir": wd, "step": step}
+for k in ("rgb", "pix", "out"):
+    o[f"r_{k}_vs_gt"] = pearson_or_nan(R[k], R["gt"]); o[f"r_{k}_vs_src"] = pearson_or_nan(R[k], R["src"])
+o["mask_mouth_mean"] = float(R["m_mouth"].mean()); o["mask_all_mean"] = float(R["m_all"].mean())
+o["r_mask_mouth_vs_gtjaw"] = pearson_or_nan(R["m_mouth"], R["gt"])
+print(json.dumps(o, indent=1))
+with open(os.path.join(HERE, os.path.basename(wd.rstrip("/")) + ".json"), "w") as fh:
+    json.dump(o, fh, indent=1)
