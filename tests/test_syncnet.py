@@ -277,3 +277,20 @@ def test_train_then_heldout_then_load(syncnet_run, tmp_path):
     s = sn.sync_scores(net, frames, audio)
     assert s["curve"].shape == (31,) and -15 <= s["offset"] <= 15
     assert jax.tree.leaves(net.state)  # weights are on this host
+
+
+def test_instruments_build_in_a_fresh_interpreter_without_a_mesh():
+    """`vasa-jax train syncnet` once died in Trainer's shape-first build: importing only the
+    instruments left Flax's eager sharding on, which needs a mesh in context. Importing any part
+    of vasa_jax switches it off (vasa_jax/__init__.py); checked where nothing else was imported."""
+    import subprocess
+    import sys
+
+    code = ("from flax import nnx\n"
+            "from vasa_jax.eval import syncnet\n"
+            "m = nnx.eval_shape(lambda: syncnet.make_syncnet(size='small', rngs=nnx.Rngs(0)))\n"
+            "print('built', type(m).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "built SyncNetModel" in out.stdout
