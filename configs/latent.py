@@ -210,7 +210,7 @@ def _synthtalk64_guided(c):
       and jaw r 0.27 -> 0.42 (the ladder's rows ``oracle`` and ``oracle + pixel path``).
       The mask's gradient reaches G2D's own colour only through (1 - m), about 0.04 at the
       mouth, so at ``mouth_l1`` = 20 G2D never learned to paint and the output showed the
-      source's mouth (probe jaw r 0.79 with the *source's* jaw); ``mouth_l1`` = 100 makes the
+      source's mouth (probe jaw r 0.88 with the *source's* jaw); ``mouth_l1`` = 100 makes the
       mask open where the driver's mouth does (mask r -0.73 with the driver's jaw) and took
       the oracle's cross-reenactment jaw r 0.42 -> 0.77 (ladder row ``oracle + pixel path +
       mouth L1 100``; docs/results/stage1_ladder/mask_diagnostic).

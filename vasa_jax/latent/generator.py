@@ -90,8 +90,10 @@ class G2D(nnx.Module):
                                standardize=False, zero_init=True, out_axis=None, dtype=dtype)
                         if occlusion else None)
 
-    def __call__(self, x: jax.Array, skip: jax.Array | None = None,
-                 cond: jax.Array | None = None, pixels: jax.Array | None = None) -> jax.Array:
+    def parts(self, x: jax.Array, skip: jax.Array | None = None,
+              cond: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+        """G2D's own colour (b, R, R, 3) in [-1, 1] and, with ``occlusion``, the mask m
+        (b, R, R, 1) in (0, 1) (else None), before any blending."""
         for i, block in enumerate(self.blocks):
             if i > 0:
                 x = upsample(x, (2, 2))
@@ -101,7 +103,16 @@ class G2D(nnx.Module):
         x = jax.nn.silu(group_norm(x, self.groups))
         rgb = jnp.tanh(depth_to_space(self.to_rgb(x), self.patch).astype(jnp.float32))
         if self.to_mask is None:
-            return rgb
+            return rgb, None
         logit = depth_to_space(self.to_mask(x), self.patch).astype(jnp.float32)
-        m = jax.nn.sigmoid(logit + math.log(self.MASK_INIT / (1.0 - self.MASK_INIT)))
-        return m * pixels.astype(jnp.float32) + (1.0 - m) * rgb
+        return rgb, jax.nn.sigmoid(logit + math.log(self.MASK_INIT / (1.0 - self.MASK_INIT)))
+
+    def __call__(self, x: jax.Array, skip: jax.Array | None = None,
+                 cond: jax.Array | None = None, pixels: jax.Array | None = None) -> jax.Array:
+        rgb, m = self.parts(x, skip, cond)
+        return rgb if m is None else blend(m, pixels, rgb)
+
+
+def blend(mask: jax.Array, pixels: jax.Array, rgb: jax.Array) -> jax.Array:
+    """The occlusion-aware output: mask * pixels + (1 - mask) * rgb (float32)."""
+    return mask * pixels.astype(jnp.float32) + (1.0 - mask) * rgb

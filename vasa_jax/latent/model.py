@@ -27,7 +27,7 @@ from vasa_jax.latent import guidance, warp
 from vasa_jax.latent.discriminator import MultiScaleDiscriminator
 from vasa_jax.latent.encoders import AppearanceEncoder, MotionEncoder
 from vasa_jax.eval.synthtalk_probe import make_probe
-from vasa_jax.latent.generator import G2D, G3D, Projection
+from vasa_jax.latent.generator import G2D, G3D, Projection, blend
 from vasa_jax.nn.conv import WSConv, space_to_depth
 from vasa_jax.nn.layers import dtype_of
 
@@ -190,7 +190,15 @@ class FaceLatentModel(nnx.Module):
         With the sharp path, ``v_app`` is (V_app, S_can): the driven volume's soft surface
         collapses the canonical -> driver warp to 2-D, which carries S_can to the driver and
         into G2D's last block (one bilinear resampling at R/p instead of trilinear ones at the
-        coarser volume: eyes and mouth keep their edges)."""
+        coarser volume: eyes and mouth keep their edges). With the pixel path, G2D's colour is
+        blended with the carried source pixels by its occlusion mask (``decode_parts``)."""
+        rgb, mask, pixels = self.decode_parts(v_app, z_id, z_pose, z_dyn)
+        return rgb if mask is None else blend(mask, pixels, rgb)
+
+    def decode_parts(self, v_app, z_id: jax.Array, z_pose: jax.Array, z_dyn: jax.Array):
+        """``decode`` before the pixel path's blend: (G2D's colour (b, R, R, 3), its occlusion
+        mask (b, R, R, 1), the source pixels carried to the driver (b, R, R, 3)); the last two
+        are None without the pixel path."""
         v_can = v_app[0] if self.skip_channels else v_app
         driven, coords = self._drive(v_can, z_id, z_pose, z_dyn)
         v = self.g3d(driven, z_dyn)  # z_dyn used if g3d_dyn_cond
@@ -206,7 +214,8 @@ class FaceLatentModel(nnx.Module):
             skip = jnp.concatenate([skip, space_to_depth(pixels, self.patch).astype(skip.dtype)],
                                    axis=-1)
         # z_dyn used if g2d_dyn_cond
-        return self.g2d(self.projection(v), skip, z_dyn, pixels=pixels)
+        rgb, mask = self.g2d.parts(self.projection(v), skip, z_dyn)
+        return rgb, mask, pixels
 
     def reenact(self, source: jax.Array, driver: jax.Array) -> jax.Array:
         """The source's appearance with the driver's pose and dynamics: (b, R, R, 3) x 2 ->

@@ -8,17 +8,15 @@ driver's jaw. Writes RUN_NAME.json and RUN_NAME.png (rows: driver, rgb, pix, out
 
   python docs/results/stage1_ladder/mask_diagnostic/mask_diagnostic.py runs/pix/oracle [clips]
 """
-import json, math, os, sys
+import json, os, sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from vasa_jax.train.restore import host_model, load_trainer
 from vasa_jax.eval.synthtalk_probe import load_probe, SHIPPED_PROBE, pearson_or_nan, read_clips
-from vasa_jax.latent import warp
-from vasa_jax.latent.model import _coords_at, to_unit, to_uint8
-from vasa_jax.nn.conv import depth_to_space, group_norm, space_to_depth, upsample
+from vasa_jax.latent.generator import blend
+from vasa_jax.latent.model import to_unit, to_uint8
 from data_pipeline.synthtalk.render import mouth_centre_pixels
 HERE = os.path.dirname(os.path.abspath(__file__))
 wd = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 16
@@ -26,24 +24,12 @@ tr, step = load_trainer(wd); cfg = tr.config; model = host_model(tr)
 probe = load_probe(SHIPPED_PROBE); J = list(probe.motion_fields).index("jaw_open")
 clips = read_clips(cfg, "test", n)
 def parts(model, src, smot, drv, dmot):
-    x = to_unit(src); p, d = model.motion_of(x, smot)
-    (v_can, s_can, image, pdisp), zid = model.encode_appearance(x, p, d)
-    pose, dyn = model.motion_of(to_unit(drv), dmot)
-    driven, coords = model._drive(v_can, zid, pose, dyn)
-    v = model.g3d(driven, dyn)
-    disp = model._surface_displacement(driven, coords)
-    skip = warp.resample(s_can, _coords_at(disp, s_can.shape[1:3]))
-    uv = _coords_at(disp, image.shape[1:3]); pixels = warp.resample(image, uv + warp.resample(pdisp, uv))
-    skip = jnp.concatenate([skip, space_to_depth(pixels, model.patch)], -1)
-    g = model.g2d; h = model.projection(v)
-    for i, block in enumerate(g.blocks):
-        if i > 0: h = upsample(h, (2, 2))
-        if i == len(g.blocks) - 1: h = jnp.concatenate([h, skip], -1)
-        h = block(h, dyn)
-    h = jax.nn.silu(group_norm(h, g.groups))
-    rgb = jnp.tanh(depth_to_space(g.to_rgb(h), g.patch))
-    m = jax.nn.sigmoid(depth_to_space(g.to_mask(h), g.patch) + math.log(g.MASK_INIT / (1 - g.MASK_INIT)))
-    return rgb, m, pixels
+    """G2D's colour, its mask and the carried source pixels of the source driven by drv."""
+    x = to_unit(src)
+    app, zid = model.encode_appearance(x, *model.motion_of(x, smot))
+    return model.decode_parts(app, zid, *model.motion_of(to_unit(drv), dmot))
+
+
 f = nnx.jit(parts)
 R = {k: [] for k in ("gt", "rgb", "pix", "out", "m_mouth", "m_all", "src")}
 for k, c in enumerate(clips):
@@ -51,7 +37,7 @@ for k, c in enumerate(clips):
     dm = other["motion"][::3].astype(np.float32); drv = other["frames"][::3]; T = len(dm)
     src = np.repeat(c["frames"][:1], T, 0); sm = np.repeat(c["motion"][:1], T, 0).astype(np.float32)
     rgb, m, pix = f(model, src, sm, drv, dm)
-    out = m * pix + (1 - m) * rgb
+    out = blend(m, pix, rgb)
     for key, im in (("rgb", rgb), ("pix", pix), ("out", out)):
         R[key].append(probe.predict(np.asarray(to_uint8(im)))["motion"][:, J])
     R["gt"].append(dm[:, J]); R["src"].append(sm[:, J])
