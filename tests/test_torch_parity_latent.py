@@ -51,7 +51,10 @@ from vasa_jax.train.latent_task import (DISCRIMINATOR, discriminator_loss,  # no
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden",
                       "face_latent_parity.npz")
-FWD_TOL, GRAD_TOL = 1e-5, 1e-4
+# Forward values are within [-1, 1] images and unit-scale features: 2e-5 is 1/200 of a uint8
+# level. (Our GroupNorm takes both statistics in one shifted pass, torch in two: at
+# synthtalk64's sizes the decoded image differs by ~1.1e-5, at the test size by ~5e-6.)
+FWD_TOL, GRAD_TOL = 2e-5, 1e-4
 # The perceptual term's gradient (and so the total's) goes through ~1.5M VGG16 ReLUs whose
 # pre-activations (values ~50) differ by ~5e-5 between the frameworks' float32 convolutions:
 # a unit within that of zero is on for one and off for the other. One such unit moved the

@@ -13,8 +13,8 @@ grid), but in this project's channels-last layout:
 * outputs ``(b, do, ho, wo, c)`` / ``(b, ho, wo, c)``.
 
 Interpolation weights are computed in (at least) float32 whatever the input dtypes; the result
-has the input's dtype (a bfloat16 volume sampled with a float32 grid gives bfloat16). Each of the
-2**n corners is one gather from a ``(b, d*h*w, c)`` view with flat indices. ``"zeros"`` gives
+has the input's dtype (a bfloat16 volume sampled with a float32 grid gives bfloat16). The 2**n
+corners are one gather from a ``(b, d*h*w, c)`` view with flat indices. ``"zeros"`` gives
 out-of-range corners weight 0 (their indices are clipped only so that the gather stays in
 range); ``"border"`` clamps the unnormalised coordinates to ``[0, size - 1]`` first, and, as in
 torch, a clamped coordinate (including one exactly on the border) passes no gradient to the grid.
@@ -102,7 +102,7 @@ def _grid_sample(x, grid, n: int, padding_mode: str, align_corners: bool, name: 
         lower.append(i0)
         frac.append(coord - i0)
 
-    out = jnp.zeros((b, g.shape[1], c), compute)
+    weights, indices = [], []
     for corner in itertools.product((0, 1), repeat=n):
         weight, valid, index = None, None, None
         for axis, (size, offset) in enumerate(zip(spatial, corner)):
@@ -117,6 +117,11 @@ def _grid_sample(x, grid, n: int, padding_mode: str, align_corners: bool, name: 
                 valid = inside if valid is None else valid & inside
         if valid is not None:
             weight = jnp.where(valid, weight, 0)
-        values = jnp.take_along_axis(flat, index[..., None], axis=1)  # (b, m, c)
-        out = out + values.astype(compute) * weight[..., None]
+        weights.append(weight)
+        indices.append(index)
+    # One gather of all 2**n corners (so the backward pass is one scatter-add, not 2**n).
+    m, k = g.shape[1], len(indices)
+    index = jnp.stack(indices, -1).reshape(b, m * k, 1)
+    values = jnp.take_along_axis(flat, index, axis=1).reshape(b, m, k, c)  # (b, m, 2^n, c)
+    out = jnp.einsum("bmkc,bmk->bmc", values.astype(compute), jnp.stack(weights, -1))
     return out.astype(x.dtype).reshape(b, *out_spatial, c)
