@@ -87,12 +87,22 @@ def test_rigid_warps_invert_each_other():
     np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-6)
 
 
-def test_conv3d_as_2d_matches_xla_conv3d():
+@pytest.mark.parametrize("kd", [1, 2, 3])
+def test_conv3d_as_2d_matches_xla_conv3d(kd):
+    """Values and both gradients equal XLA's own 3-D convolution ('SAME', stride 1)."""
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 6, 7, 3))
-    k = jax.random.normal(jax.random.PRNGKey(5), (3, 3, 3, 3, 4))
-    ref = jax.lax.conv_general_dilated(x, k, (1, 1, 1), "SAME",
-                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-    np.testing.assert_allclose(conv.conv3d_as_2d(x, k), ref, rtol=1e-5, atol=1e-4)
+    k = jax.random.normal(jax.random.PRNGKey(5), (kd, 3, 3, 3, 4))
+    w = jax.random.normal(jax.random.PRNGKey(6), (2, 5, 6, 7, 4))
+
+    def ref(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1, 1), "SAME",
+                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+    np.testing.assert_allclose(conv.conv3d_as_2d(x, k), ref(x, k), rtol=1e-5, atol=1e-4)
+    grads = [jax.grad(lambda x, k, f=f: (f(x, k) * w).sum(), argnums=(0, 1))(x, k)
+             for f in (conv.conv3d_as_2d, ref)]
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_weight_standardisation_and_group_norm():
@@ -108,6 +118,40 @@ def test_weight_standardisation_and_group_norm():
     agn = conv.AdaptiveGroupNorm(8, 5, rngs=nnx.Rngs(0))
     np.testing.assert_allclose(agn(x, jnp.ones((2, 5))), conv.group_norm(x, agn.groups),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0])
+def test_group_norm_one_pass_statistics_match_float64(offset):
+    """The one-pass (shifted) statistics stay accurate when the mean dwarfs the spread, and
+    the gradient is the two-pass formula's."""
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(8), (2, 4, 6, 6, 8)), np.float64)
+    x = x * np.linspace(0.5, 2, 8) + offset
+    g = np.asarray(jax.random.normal(jax.random.PRNGKey(9), x.shape), np.float64)
+
+    xg = x.reshape(2, -1, 4, 2)  # float64 reference: two passes, and GroupNorm's VJP
+    inv = 1 / np.sqrt(xg.var(axis=(1, 3), keepdims=True) + 1e-5)
+    xhat = (xg - xg.mean(axis=(1, 3), keepdims=True)) * inv
+    gg = g.reshape(xg.shape)
+    want = xhat.reshape(x.shape)
+    want_grad = (inv * (gg - gg.mean(axis=(1, 3), keepdims=True)
+                        - xhat * (gg * xhat).mean(axis=(1, 3), keepdims=True))).reshape(x.shape)
+    xf = jnp.asarray(x, jnp.float32)
+    got = conv.group_norm(xf, 4)
+    got_grad = jax.grad(lambda x: (conv.group_norm(x, 4) * jnp.asarray(g, jnp.float32)).sum())(xf)
+    tol = 1e-5 * (1 + offset)  # float32 rounds x itself to ~1e-7 of its magnitude
+    np.testing.assert_allclose(got, want, atol=tol)
+    np.testing.assert_allclose(got_grad, want_grad, atol=10 * tol)
+
+
+def test_vgg_max_pool_matches_reduce_window():
+    x = jax.random.normal(jax.random.PRNGKey(10), (2, 7, 6, 5))
+    ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(losses.max_pool2(x), ref)
+    g = jax.grad(lambda x: (losses.max_pool2(x) * jnp.arange(18.0).reshape(1, 3, 3, 2)).sum())
+    gr = jax.grad(lambda x: (jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
+                                                   (1, 2, 2, 1), "VALID")
+                             * jnp.arange(18.0).reshape(1, 3, 3, 2)).sum())
+    np.testing.assert_array_equal(g(x[:1, :, :, :2]), gr(x[:1, :, :, :2]))
 
 
 def test_space_to_depth_round_trip():
