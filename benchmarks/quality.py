@@ -4,9 +4,10 @@ Held-out SynthTalk identities (the test split): each real clip's first frame is 
 speech the audio, its gaze/distance/emotion the controls. Rows: Real video; the real clips with
 their audio shuffled across clips (the chance level of the sync and audio-pose columns); our
 model at the default audio guidance λA = 0.5 with 50 steps; λA = 0, 1, 2 (50 steps); and
-λA = 0.5 with 10 steps. The SynthTalk probe is the shipped one (vasa_jax/assets); SyncNet and
-CAPP are trained first if their workdirs do not exist yet (about 10 minutes each on 2 CPU
-cores).
+λA = 0.5 with 10 steps. The instruments (SynthTalk probe, SyncNet, CAPP) are the ones shipped
+in vasa_jax/assets, each with its checksum and held-out accuracy, so every table measures with
+the same rulers; ``--instruments DIR`` measures with trained runs instead (trained there first
+when missing: `vasa-jax train syncnet|capp|probe --variant synthtalk64`, 5-15 min each).
 
   python benchmarks/quality.py --workdir runs/quickstart      # after `vasa-jax quickstart`
 
@@ -31,17 +32,21 @@ ABLATIONS = (("ours, λA=0.5, 50 steps (default)", 0.5, 50), ("ours, λA=0, 50 s
 INSTRUMENTS = ("probe", "syncnet", "capp")
 
 
-def ensure_instrument(kind: str, workdir: str, data_dir: str | None, dataset: str) -> str:
-    """Train ``kind`` (its synthtalk64 variant) into ``workdir`` unless it is already there;
-    the probe is shipped with the package (used unless ``workdir`` holds a trained one)."""
-    from vasa_jax import cli
+def instrument(kind: str, instruments: str | None, data_dir: str | None, dataset: str) -> str:
+    """Where ``kind`` is loaded from: the weights shipped in the package (fixed rulers, with
+    the held-out accuracy they were shipped with) for res64_small unless ``instruments`` is
+    given; else ``instruments/kind``, trained there (its synthtalk64 variant) if missing."""
+    from vasa_jax.eval.capp import SHIPPED_CAPP
+    from vasa_jax.eval.syncnet import SHIPPED_SYNCNET
     from vasa_jax.eval.synthtalk_probe import SHIPPED_PROBE
 
-    heldout = os.path.join(workdir, f"{kind}_heldout.json")
-    if os.path.exists(heldout):
+    if instruments is None and dataset == "res64_small":
+        return {"probe": SHIPPED_PROBE, "syncnet": SHIPPED_SYNCNET, "capp": SHIPPED_CAPP}[kind]
+    workdir = os.path.join(instruments or "runs/instruments", kind)
+    if os.path.exists(os.path.join(workdir, f"{kind}_heldout.json")):
         return workdir
-    if kind == "probe" and dataset == "res64_small":
-        return SHIPPED_PROBE
+    from vasa_jax import cli
+
     print(f"Training the {kind} instrument into {workdir} (it is not there yet)", flush=True)
     cli.train_stage(argparse.Namespace(stage=kind, variant="synthtalk64", data_dir=data_dir,
                                        workdir=workdir, set=[f"data.config={dataset}"]))
@@ -59,8 +64,10 @@ def main(argv=None) -> dict:
                     help="TFDS dir with SynthTalk (default WORKDIR/tensorflow_datasets if it "
                          "exists, else $VASA_JAX_DATA_DIR)")
     ap.add_argument("--dataset", default="res64_small", help="SynthTalk config")
-    ap.add_argument("--instruments", default="runs/instruments",
-                    help="workdirs probe/, syncnet/, capp/ (trained here if missing)")
+    ap.add_argument("--instruments", default=None,
+                    help="workdirs probe/, syncnet/, capp/ to measure with instead of the "
+                         "shipped instruments (trained there if missing; the default for "
+                         "datasets other than res64_small: runs/instruments)")
     ap.add_argument("--sets", default="runs/quality", help="where the clip sets are written")
     ap.add_argument("--max-clips", type=int, default=40, help="held-out clips per row")
     ap.add_argument("--no-fvd", action="store_true")
@@ -80,8 +87,7 @@ def main(argv=None) -> dict:
     data_dir = args.data_dir
     if data_dir is None and os.path.isdir(os.path.join(args.workdir, "tensorflow_datasets")):
         data_dir = os.path.join(args.workdir, "tensorflow_datasets")
-    dirs = {k: ensure_instrument(k, os.path.join(args.instruments, k), data_dir, args.dataset)
-            for k in INSTRUMENTS}
+    dirs = {k: instrument(k, args.instruments, data_dir, args.dataset) for k in INSTRUMENTS}
 
     real_dir = os.path.join(args.sets, "real")
     print(f"Exporting {args.max_clips} held-out clips to {real_dir}", flush=True)

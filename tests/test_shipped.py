@@ -1,6 +1,6 @@
 """Shipped weights (vasa_jax.shipped): a trained probe round-trips through its npz + record,
-corruption and absence are clear errors, and the package's own probe and motion estimator load
-with their checksums and held-out accuracy."""
+corruption and absence are clear errors, and the package's own probe, motion estimator, SyncNet
+and CAPP load with their checksums and held-out accuracy."""
 
 import math
 import shutil
@@ -70,3 +70,29 @@ def test_ship_cli_needs_the_heldout_file_then_ships(probe_run, tmp_path, capsys)
                          assets=assets)[1]
     assert probe["kind"] == "probe" and "r/jaw_open" in probe["heldout"]
     assert f"--workdir {workdir}" in probe["command"]
+
+
+def test_the_package_ships_syncnet_and_capp(synthtalk_tiny):
+    """The quality table's lip-sync and audio-pose instruments load (checksums verified) with
+    the held-out accuracy they were shipped with, and SyncNet finds a SynthTalk clip in sync
+    with its own speech and not with another clip's."""
+    from data_pipeline.loader import decode_frame, open_source
+    from vasa_jax.eval.capp import SHIPPED_CAPP, load_capp
+    from vasa_jax.eval.syncnet import SHIPPED_SYNCNET, load_syncnet, sync_scores
+    from vasa_jax.media.audio import to_float32
+
+    net, capp = load_syncnet(SHIPPED_SYNCNET), load_capp(SHIPPED_CAPP)
+    assert net.heldout["split"] == capp.heldout["split"] == "test"
+    assert net.heldout["offset_accuracy"] > 0.9
+    assert net.heldout["lse_c"] > 3 * net.heldout["shuffled/lse_c"]
+    assert capp.heldout["top1"] > 5 * capp.heldout["chance_top1"]
+    assert shipped.record(SHIPPED_SYNCNET)["kind"] == "syncnet"
+    assert shipped.record(SHIPPED_CAPP)["kind"] == "capp"
+    source, _ = open_source("synthtalk", "res64_tiny", "train", synthtalk_tiny)
+    clips = [source[i] for i in range(2)]
+    frames = [np.stack([decode_frame(b) for b in c["frames"]]) for c in clips]
+    audio = [to_float32(c["audio"]) for c in clips]
+    own = sync_scores(net, frames[0], audio[0])
+    other = sync_scores(net, frames[0], audio[1][:len(audio[0])])
+    assert abs(own["offset"]) <= 1
+    assert own["lse_c"] > 2 * other["lse_c"]

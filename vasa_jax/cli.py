@@ -342,20 +342,26 @@ def eval_sets(args) -> dict[str, str]:
 
 
 def ship_weights(args) -> tuple[str, str]:
-    """A trained probe run -> ``vasa_jax/assets/NAME.{npz,json}`` (``vasa_jax.shipped``)."""
-    from vasa_jax import shipped
-    from vasa_jax.eval.synthtalk_probe import load_probe
-
-    try:
-        probe = load_probe(args.workdir)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+    """A trained probe, SyncNet or CAPP run -> ``vasa_jax/assets/NAME.{npz,json}``
+    (``vasa_jax.shipped``); the kind is read from the held-out file the run holds."""
     from flax import nnx
 
-    command = args.command or (f"vasa-jax train probe --workdir {args.workdir} --variant "
-                               f"{probe.config.variant} --set seed={probe.config.seed}")
-    paths = shipped.ship(args.name, nnx.merge(probe.graphdef, probe.state), kind="probe",
-                         config=probe.config, step=probe.step, heldout=probe.heldout,
+    from vasa_jax import shipped
+    from vasa_jax.eval import capp, syncnet, synthtalk_probe
+
+    loaders = {"syncnet": (syncnet.HELDOUT_FILE, syncnet.load_syncnet),
+               "capp": (capp.HELDOUT_FILE, capp.load_capp),
+               "probe": (synthtalk_probe.HELDOUT_FILE, synthtalk_probe.load_probe)}
+    kind = next((k for k, (f, _) in loaders.items()
+                 if os.path.exists(os.path.join(args.workdir, f))), "probe")
+    try:
+        net = loaders[kind][1](args.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    command = args.command or (f"vasa-jax train {kind} --workdir {args.workdir} --variant "
+                               f"{net.config.variant} --set seed={net.config.seed}")
+    paths = shipped.ship(args.name, nnx.merge(net.graphdef, net.state), kind=kind,
+                         config=net.config, step=net.step, heldout=net.heldout,
                          command=command, assets=args.assets or shipped.ASSETS)
     print("\n".join(f"Wrote {p}" for p in paths))
     return paths
@@ -692,9 +698,10 @@ def parser() -> argparse.ArgumentParser:
                    help="override a stage-2 config field (repeatable)")
     q.set_defaults(func=quickstart)
 
-    sh = sub.add_parser("ship", help="a trained SynthTalk probe run (a measuring instrument "
-                        "or the motion estimator) -> vasa_jax/assets/NAME.{npz,json}")
-    sh.add_argument("--workdir", required=True, help="the probe run (with probe_heldout.json)")
+    sh = sub.add_parser("ship", help="a trained probe, SyncNet or CAPP run (a measuring "
+                        "instrument, or the motion estimator) -> vasa_jax/assets/NAME.{npz,json}")
+    sh.add_argument("--workdir", required=True,
+                    help="the run, with its held-out file ({probe,syncnet,capp}_heldout.json)")
     sh.add_argument("--name", required=True, help="shipped as package:NAME")
     sh.add_argument("--command", default="", help="how it was trained (recorded)")
     sh.add_argument("--assets", default=None, help="default: the package's vasa_jax/assets")

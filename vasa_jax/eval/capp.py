@@ -43,6 +43,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -52,6 +53,7 @@ from vasa_jax.nn.embeddings import sinusoidal
 from vasa_jax.nn.layers import Mlp, dense, dtype_of, layer_norm, learned, stat
 
 HELDOUT_FILE = "capp_heldout.json"
+SHIPPED_CAPP = "package:capp_synthtalk64"  # the instrument of benchmarks/quality.py
 POSE_DIM = 3  # yaw, pitch, roll (radians): the first three SynthTalk motion fields
 
 
@@ -367,9 +369,15 @@ def _fix(workdir: str) -> str:
 
 def restore_capp(workdir: str, *, step: int | None = None) -> Capp:
     """The trained CAPP in ``workdir`` (EMA weights of the latest checkpoint), without its
-    held-out metrics (``load_capp`` adds them)."""
+    held-out metrics (``load_capp`` adds them); or the shipped one, ``package:NAME``
+    (``vasa_jax.shipped``), with them."""
+    from vasa_jax import shipped
     from vasa_jax.train.restore import restore_run
 
+    if shipped.is_shipped(workdir):
+        model, rec = shipped.load(workdir, lambda c: make_capp(c, rngs=nnx.Rngs(0)))
+        return Capp(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
+                    heldout=rec["heldout"])
     model, step, config = restore_run(workdir, "capp", "CAPP", _fix(workdir), step=step)
     return Capp(model, step=step, config=config)
 
@@ -384,7 +392,12 @@ def load_capp(workdir: str, *, step: int | None = None) -> Capp:
     """The trained CAPP in ``workdir`` with its held-out metrics in ``.heldout``.
 
     Raises FileNotFoundError naming the training command when the workdir has no checkpoint or
-    no ``capp_heldout.json`` (the instrument's own figures must be reported with its scores)."""
+    no ``capp_heldout.json`` (the instrument's own figures must be reported with its scores).
+    ``package:NAME``: the shipped one."""
+    from vasa_jax import shipped
+
+    if shipped.is_shipped(workdir):
+        return restore_capp(workdir)
     path = os.path.join(workdir, HELDOUT_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(

@@ -53,6 +53,7 @@ from typing import Any, Sequence
 import cv2
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 from flax.linen import max_pool
@@ -65,6 +66,7 @@ BATCH_STATS_FILE = "syncnet_batch_stats.npz"
 WINDOW = 5  # video frames per SyncNet window
 MFCC_WINDOW = WINDOW * mfcc_lib.MFCC_PER_VIDEO_FRAME  # 20 MFCC columns = 0.2 s
 DEFAULT_VSHIFT = 15
+SHIPPED_SYNCNET = "package:syncnet_synthtalk64"  # the instrument of benchmarks/quality.py
 
 # The published syncnet_python ``SyncNetModel`` layer by layer (torch Sequential indices: each
 # conv is conv/BN/ReLU = 3 entries, each pool 1).
@@ -553,9 +555,16 @@ def _fix(workdir: str) -> str:
 
 def restore_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
     """The trained SyncNet in ``workdir`` (EMA weights of the latest checkpoint) with the
-    BatchNorm statistics of ``syncnet_batch_stats.npz`` when present; no held-out metrics."""
+    BatchNorm statistics of ``syncnet_batch_stats.npz`` when present; no held-out metrics. Or
+    the shipped one, ``package:NAME`` (``vasa_jax.shipped``; its statistics are in its state),
+    with them."""
+    from vasa_jax import shipped
     from vasa_jax.train.restore import restore_run
 
+    if shipped.is_shipped(workdir):
+        model, rec = shipped.load(workdir, lambda c: make_syncnet(c.model, rngs=nnx.Rngs(0)))
+        return SyncNet(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
+                       heldout=rec["heldout"])
     model, step, config = restore_run(workdir, "syncnet", "SyncNet", _fix(workdir), step=step)
     path = os.path.join(workdir, BATCH_STATS_FILE)
     if os.path.exists(path):
@@ -569,7 +578,11 @@ def load_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
 
     Raises FileNotFoundError naming the fix when the workdir has no checkpoint, no
     ``syncnet_heldout.json`` or no ``syncnet_batch_stats.npz`` (both written by
-    ``vasa_jax.train.syncnet_task.write_heldout``)."""
+    ``vasa_jax.train.syncnet_task.write_heldout``). ``package:NAME``: the shipped one."""
+    from vasa_jax import shipped
+
+    if shipped.is_shipped(workdir):
+        return restore_syncnet(workdir)
     missing = [f for f in (HELDOUT_FILE, BATCH_STATS_FILE)
                if not os.path.exists(os.path.join(workdir, f))]
     net = restore_syncnet(workdir, step=step)

@@ -1,6 +1,6 @@
 """Where the generated video loses SyncNet's lip-sync confidence (LSE-C), one part at a time.
 
-SyncNet (runs/instruments/syncnet) reads LSE-C on held-out SynthTalk clips, whole clips at
+SyncNet (the shipped one, package:syncnet_synthtalk64) reads LSE-C on held-out SynthTalk clips, whole clips at
 25 fps, each with the speech it is scored against:
 
 - real: the rendered clip and its own speech; chance: the same frames with the next clip's;
@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ap = argparse.ArgumentParser()
 ap.add_argument("name"); ap.add_argument("latent")
 ap.add_argument("--gen", default=None); ap.add_argument("--clips", type=int, default=24)
-ap.add_argument("--syncnet", default="runs/instruments/syncnet")
+ap.add_argument("--syncnet", default="package:syncnet_synthtalk64")
 args = ap.parse_args()
 
 tr, step = load_trainer(args.latent); cfg = tr.config; model = host_model(tr)
