@@ -303,10 +303,11 @@ def _paper(c):
 
 def _quickstart(c):
     """``synthtalk64_estimator`` shortened to fit the README's main job. At 700 steps the
-    mouth moved with the speech (probe jaw r 0.73) but at a third of the real amplitude, and
-    SyncNet scored its self-reenactment at chance (LSE-C 0.15 vs 0.18 shuffled; the full
-    2,600-step run scores 0.60, real video 0.75: docs/results/sync_diagnostic); 1,400 steps
-    fit the main job's hour now that a step is 1.4x faster."""
+    mouth moved with the speech but at a third of the real amplitude, and SyncNet scored the
+    generated video at chance (LSE-C 0.13 vs 0.16 shuffled). 1,400 steps fit the hour now that
+    a step is 1.4x faster (35 min on one core): self-reenactment jaw amplitude 0.87 of the
+    truth, generated LSE-C 0.40 (2.5x chance; the full 2,600 steps re-enact at 0.60:
+    docs/results/sync_diagnostic, benchmarks/results/quality.md)."""
     _synthtalk64_estimator(c)
     c.train.steps = 1400
     c.train.eval_every = c.train.checkpoint_every = c.train.image_every = 1400

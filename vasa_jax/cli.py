@@ -727,13 +727,16 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--generated", action="append", default=[], metavar="[NAME=]DIR",
                     help="a generated clip set (repeatable; NAME labels its row)")
     ev.add_argument("--real", default=None, help="the real clip set (NAME.mp4 + NAME.json)")
-    ev.add_argument("--probe", default=None, help="a trained SynthTalk probe workdir "
-                    "(reads pose, mouth, gaze, emotion; without it mediapipe reads pose/mouth)")
-    ev.add_argument("--syncnet", default=None, help="a trained SyncNet workdir (sync columns)")
+    ev.add_argument("--probe", default=None, help="a trained SynthTalk probe workdir or the "
+                    "shipped package:probe_synthtalk64 (reads pose, mouth, gaze, emotion; "
+                    "without it mediapipe reads pose/mouth)")
+    ev.add_argument("--syncnet", default=None, help="a trained SyncNet workdir or the shipped "
+                    "package:syncnet_synthtalk64 (sync columns)")
     ev.add_argument("--syncnet-torch", default=None, metavar="syncnet_v2.model",
                     help="the original SyncNet's PyTorch weights (224 px face crops) instead "
                          "of --syncnet; read with torch.load(weights_only=True)")
-    ev.add_argument("--capp", default=None, help="a trained CAPP workdir (audio-pose column)")
+    ev.add_argument("--capp", default=None, help="a trained CAPP workdir or the shipped "
+                    "package:capp_synthtalk64 (audio-pose column)")
     ev.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU)")
     ev.add_argument("--fvd-clip-len", type=int, default=16, help="frames per I3D clip")
     ev.add_argument("--fvd-stride", type=int, default=16, help="frames between I3D clips")
