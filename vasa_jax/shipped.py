@@ -123,3 +123,13 @@ def load(ref: str, make_model: Callable[[ml_collections.ConfigDict], nnx.Module]
                              f"{leaf.shape}.")
     values = [jnp.asarray(stored[k]) for k in keys]
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, values)), rec
+
+
+def load_instrument(ref: str, make_model: Callable[[ml_collections.ConfigDict], nnx.Module],
+                    wrap: Callable[..., Any], assets: str = ASSETS):
+    """A shipped measuring instrument as its host wrapper: ``wrap(model, step=, config=,
+    heldout=)`` (``Probe``, ``SyncNet``, ``Capp``) with the record's step, config and held-out
+    accuracy."""
+    model, rec = load(ref, make_model, assets)
+    return wrap(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
+                heldout=rec["heldout"])

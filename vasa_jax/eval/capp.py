@@ -43,7 +43,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -375,9 +374,7 @@ def restore_capp(workdir: str, *, step: int | None = None) -> Capp:
     from vasa_jax.train.restore import restore_run
 
     if shipped.is_shipped(workdir):
-        model, rec = shipped.load(workdir, lambda c: make_capp(c, rngs=nnx.Rngs(0)))
-        return Capp(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
-                    heldout=rec["heldout"])
+        return shipped.load_instrument(workdir, lambda c: make_capp(c, rngs=nnx.Rngs(0)), Capp)
     model, step, config = restore_run(workdir, "capp", "CAPP", _fix(workdir), step=step)
     return Capp(model, step=step, config=config)
 

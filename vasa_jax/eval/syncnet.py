@@ -53,7 +53,6 @@ from typing import Any, Sequence
 import cv2
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 from flax.linen import max_pool
@@ -562,9 +561,8 @@ def restore_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
     from vasa_jax.train.restore import restore_run
 
     if shipped.is_shipped(workdir):
-        model, rec = shipped.load(workdir, lambda c: make_syncnet(c.model, rngs=nnx.Rngs(0)))
-        return SyncNet(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
-                       heldout=rec["heldout"])
+        return shipped.load_instrument(
+            workdir, lambda c: make_syncnet(c.model, rngs=nnx.Rngs(0)), SyncNet)
     model, step, config = restore_run(workdir, "syncnet", "SyncNet", _fix(workdir), step=step)
     path = os.path.join(workdir, BATCH_STATS_FILE)
     if os.path.exists(path):

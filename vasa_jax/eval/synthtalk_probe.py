@@ -40,7 +40,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -275,9 +274,8 @@ def restore_probe(workdir: str, *, step: int | None = None) -> Probe:
     from vasa_jax.train.restore import restore_run
 
     if shipped.is_shipped(workdir):
-        model, rec = shipped.load(workdir, lambda c: make_probe(c.model, rngs=nnx.Rngs(0)))
-        return Probe(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
-                     heldout=rec["heldout"])
+        return shipped.load_instrument(
+            workdir, lambda c: make_probe(c.model, rngs=nnx.Rngs(0)), Probe)
     model, step, config = restore_run(workdir, "probe", "SynthTalk probe", _fix(workdir),
                                       step=step)
     return Probe(model, step=step, config=config)
