@@ -1,7 +1,7 @@
 """Where the generated video loses SyncNet's lip-sync confidence (LSE-C), one part at a time.
 
-SyncNet (the shipped one, package:syncnet_synthtalk64) reads LSE-C on held-out SynthTalk clips, whole clips at
-25 fps, each with the speech it is scored against:
+SyncNet (the shipped one, package:syncnet_synthtalk64) reads LSE-C on held-out SynthTalk
+clips, whole clips at 25 fps, each with the speech it is scored against:
 
 - real: the rendered clip and its own speech; chance: the same frames with the next clip's;
 - real render, mouth at a x amplitude: the clip re-rendered by SynthTalk's renderer with
@@ -16,7 +16,7 @@ Each row also gives the probe's jaw_open on the frames against the truth: r and 
 
   python docs/results/sync_diagnostic/sync_diagnostic.py NAME LATENT_WORKDIR [--gen DIR] [--clips N]
 """
-import argparse, json, os, sys
+import argparse, json, os
 
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +47,6 @@ seed = int(info.metadata["seed"])
 clips = read_clips(cfg, "test", args.clips)
 n = len(clips)
 audio = [to_float32(source[i]["audio"]) for i in range(n)]
-oracle = getattr(model, "motion_source", None)
 
 rows = {}
 def score(name, frames, speech, truth_jaw):
