@@ -20,6 +20,9 @@ A batch is a dict of NumPy arrays with a leading batch dimension B::
   and, where the dataset has them (SynthTalk does, VoxCeleb2 does not):
   motion    (B, T, 12) float32     phones (B, T) int32
   emotion   (B,) int32   gaze (B, 2) float32   distance (B,) float32
+  with ``augment``: mirrored (B,) int8 (1: the example was mirrored); with
+  ``other_clip_driver`` > 0: driver_clip (B,) int32 and driver_emotion (B,) int32 (the clip the
+  last frame came from, and its emotion) instead of emotion, gaze and distance
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ PER_FRAME_FIELDS = ("motion", "phones", "audio_features")
 CLIP_FIELDS = ("identity", "clip", "emotion", "gaze", "distance")
 # Fields whose sign flips under a horizontal mirror: motion columns yaw, roll, tx, gaze_x of
 # SynthTalk's 12-column ground-truth track, and the clip's gaze theta.
-_MIRRORED_MOTION_COLUMNS = (0, 2, 3, 10)
+MIRRORED_MOTION_COLUMNS = (0, 2, 3, 10)
 _MIRRORED_MOTION_WIDTH = 12  # the columns above only mean that on SynthTalk's track
 
 
@@ -276,9 +279,9 @@ class DriverFromOtherClip(grain.transforms.Map):
     (within one clip only the fast motion changes). Draws keyed by (seed, stream position).
 
     Per-frame fields of the driver row come from the clip it was taken from; ``driver_clip``
-    (int32) is that clip's record index. The clip-level emotion/gaze/distance are left out of
-    such batches (they describe only one of the two frames). An identity with one clip keeps
-    its same-clip pair."""
+    (int32) is that clip's record index and ``driver_emotion`` (int32) that clip's emotion. The
+    clip-level emotion/gaze/distance are left out of such batches (they describe only one of
+    the two frames). An identity with one clip keeps its same-clip pair."""
 
     source: Any
     order: Any  # MapDataset: stream position -> record index
@@ -287,9 +290,12 @@ class DriverFromOtherClip(grain.transforms.Map):
     seed: int = 0
 
     def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+        emotion = ex.get("emotion")
         ex = {k: v for k, v in ex.items() if k not in ("emotion", "gaze", "distance")}
         record = int(self.order[int(ex["pos"])])
         ex["driver_clip"] = np.int32(record)
+        if emotion is not None:
+            ex["driver_emotion"] = np.int32(emotion)
         rng = _example_rng(self.seed, int(ex["pos"]), 3)
         others = self.index[int(ex["identity"])]
         others = others[others != record]
@@ -312,6 +318,8 @@ class DriverFromOtherClip(grain.transforms.Map):
             fi[-1] = t
             ex["frame_index"] = fi
         ex["driver_clip"] = np.int32(other_record)
+        if emotion is not None:
+            ex["driver_emotion"] = np.int32(other["emotion"])
         return ex
 
 
@@ -319,7 +327,7 @@ class DriverFromOtherClip(grain.transforms.Map):
 class Augment(grain.transforms.Map):
     """Horizontal mirror (p = ``flip_prob``) with the ground truth mirrored too, and a small
     per-clip brightness/contrast jitter of relative size ``colour_jitter``; random draws keyed
-    by (seed, stream position).
+    by (seed, stream position). ``mirrored`` (int8, 1 if mirrored) records the draw.
 
     Mirroring knows only SynthTalk's 12-column motion track: asking for it (``flip_prob`` > 0)
     on other motion (e.g. the stage-1 latents of the ``latents`` dataset) raises ValueError."""
@@ -339,12 +347,14 @@ class Augment(grain.transforms.Map):
                 f"(--config.data.flip=False).")
         rng = _example_rng(self.seed, int(ex["pos"]), 2)
         ex = dict(ex)
-        if rng.random() < self.flip_prob:
+        mirror = rng.random() < self.flip_prob
+        ex["mirrored"] = np.int8(mirror)
+        if mirror:
             if "frames" in ex:
                 ex["frames"] = ex["frames"][:, :, ::-1]
             if "motion" in ex:
                 m = ex["motion"].copy()
-                m[:, _MIRRORED_MOTION_COLUMNS] *= -1.0
+                m[:, MIRRORED_MOTION_COLUMNS] *= -1.0
                 ex["motion"] = m
             if "gaze" in ex:
                 ex["gaze"] = ex["gaze"] * np.array([-1.0, 1.0], np.float32)

@@ -33,7 +33,7 @@ from flax import nnx
 
 from data_pipeline.loader import LoaderConfig, make_loader
 from vasa_jax import parallel
-from vasa_jax.latent import guidance, losses
+from vasa_jax.latent import cross_render, guidance, losses
 from vasa_jax.latent.model import FaceLatentModel, make_face_latent_model, to_unit
 from vasa_jax.train.task import Task
 
@@ -65,11 +65,14 @@ class LatentTask(Task):
     def __init__(self, config):
         super().__init__(config)
         self.estimator_state = None
+        self.cross_inputs = None
 
     def prepare(self) -> None:
         """Load the frozen motion estimator's weights (``model.motion_source = "estimator"``)
         from ``model.estimator_workdir``: a probe-task run or a shipped ``package:NAME``
-        (skipped on restore: the checkpoint holds them)."""
+        (skipped on restore: the checkpoint holds them); with ``loss.cross_render``, read the
+        SynthTalk dataset's seed, from which its identities' appearance is drawn."""
+        self._prepare_cross_render()
         m = self.config.model
         if m.get("motion_source", "encoder") != "estimator":
             return
@@ -91,6 +94,22 @@ class LatentTask(Task):
                              f"model.estimator (widths, blocks, head, ...): set model.estimator "
                              f"to the config it was trained with ({dict(probe.config.model)}).")
         self.estimator_state = jax.device_get(probe.state)
+
+    def _prepare_cross_render(self) -> None:
+        if not self.config.loss.get("cross_render", False):
+            return
+        d = self.config.data
+        if d.dataset != "synthtalk":
+            raise ValueError(f"loss.cross_render renders SynthTalk identities; dataset "
+                             f"{d.dataset!r} has no renderer. Turn it off "
+                             f"(--set loss.cross_render=False).")
+        if d.colour_jitter:
+            raise ValueError("loss.cross_render targets are rendered without colour jitter; set "
+                             "data.colour_jitter=0 or turn loss.cross_render off.")
+        from data_pipeline.loader import dataset_dir
+
+        self.cross_inputs = cross_render.RowInputs(cross_render.dataset_seed(
+            dataset_dir(d.dataset, d.config, d.data_dir or None)))
 
     def make_model(self, rngs: nnx.Rngs) -> FaceLatentModel:
         return make_face_latent_model(self.config.model, rngs=rngs)
@@ -127,6 +146,10 @@ class LatentTask(Task):
                 b = len(motion)
                 w = guidance.region_weight(motion.reshape(2 * b, -1), res)
                 out["mouth"] = w.reshape(b, 2, res, res, 1)
+        if self.config.loss.get("cross_render", False):
+            if self.cross_inputs is None:
+                self._prepare_cross_render()
+            out["cross"] = self.cross_inputs(batch)
         return out
 
     # -- objective -----------------------------------------------------------------------------
@@ -143,7 +166,8 @@ class LatentTask(Task):
         def generator_loss(gen):
             model = merge(params["discriminator"], gen)
             total, m, fake, real = generator_loss_terms(
-                model, batch["frames"], lc, motion=batch.get("motion"), mouth=batch.get("mouth"))
+                model, batch["frames"], lc, motion=batch.get("motion"), mouth=batch.get("mouth"),
+                cross=batch.get("cross"))
             return total, (m, fake, real)
 
         (g_total, (metrics, fake, real)), g_grads = jax.value_and_grad(
@@ -192,7 +216,7 @@ def needs_labels(config) -> bool:
     lc = config.loss
     return (config.model.get("motion_source", "encoder") == "oracle"
             or bool(lc.get("pose_guide", 0) or lc.get("expression_guide", 0)
-                    or lc.get("mouth_l1", 0)))
+                    or lc.get("mouth_l1", 0) or lc.get("cross_render", False)))
 
 
 def uses_discriminator(loss_cfg) -> bool:
@@ -208,7 +232,8 @@ def generator_outputs(model: FaceLatentModel, frames: jax.Array, loss_cfg,
     Returns images (n, R, R, 3) in [-1, 1]: ``recon`` (b: V_i with the motion of j),
     ``recon_back`` (b, with ``loss_cfg.symmetric``: V_j with the motion of i), ``consist_j`` /
     ``consist_i`` (a = max(1, round(b aux_fraction)) rows each, with ``consist``), ``cross``
-    (a, with ``cross_id``: V_i with the motion of the driver of row (r - 1) mod b); and ``src``,
+    (a, with ``cross_id`` or ``cross_render``: V_i with the motion of the driver of row
+    (r - 1) mod b); and ``src``,
     ``drv`` (b, the frames as images), ``zid_src`` (a, id_dim) and ``pose``, ``dyn`` (2b: the
     sources' then the drivers' motion latents). ``motion`` (b, 2, 12): the frames' labels, which
     the oracle rung (``model.motion_source = "oracle"``) takes its motion from."""
@@ -229,7 +254,7 @@ def generator_outputs(model: FaceLatentModel, frames: jax.Array, loss_cfg,
     if lc.consist:
         jobs["consist_j"] = (rows(vol, da), zid[da], pose[sa], dyn[da])
         jobs["consist_i"] = (rows(vol, sa), zid[sa], pose[sa], dyn[da])
-    if lc.cross_id:
+    if lc.cross_id or lc.get("cross_render", False):
         other = lambda x: jnp.roll(x[d], 1, axis=0)[:a]  # noqa: E731  another pair's driver
         jobs["cross"] = (rows(vol, sa), zid[sa], other(pose), other(dyn))
     args = [jax.tree.map(lambda *xs: jnp.concatenate(xs), *[j[k] for j in jobs.values()])
@@ -244,35 +269,56 @@ def generator_outputs(model: FaceLatentModel, frames: jax.Array, loss_cfg,
 
 
 def generator_loss_terms(model: FaceLatentModel, frames: jax.Array, loss_cfg, *,
-                         motion: jax.Array | None = None, mouth: jax.Array | None = None
+                         motion: jax.Array | None = None, mouth: jax.Array | None = None,
+                         cross: dict | None = None
                          ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, jax.Array]:
     """The stage-1 generator loss of one batch: frames uint8 (b, 2, R, R, 3) ->
     (total, metrics, fake, real). ``motion`` (b, 2, 12): motion labels, needed by the guidance
     terms and the oracle rung; ``mouth`` (b, 2, R, R, 1): the mouth boxes of ``loss.mouth_l1``
-    (``guidance.region_weight`` of the labels).
+    (``guidance.region_weight`` of the labels); ``cross``: with ``loss.cross_render``, the
+    per-row inputs of the rendered cross-reenactment targets (``cross_render.RowInputs``), whose
+    rows join the reconstructions (every reconstruction term applies to them).
 
     metrics holds every unweighted term that ``loss_cfg`` enables (``l1``, ``motion_l1``,
     ``perceptual``, ``g_adv``, ``feature_matching``, ``consist``, ``cross_id``, ``pose_guide``,
-    ``expression_guide``, ``mouth_l1``) and ``psnr``;
-    ``fake`` (reconstructions, under stop-gradient) and ``real`` (their targets) are
-    (b or 2b, R, R, 3), the discriminator's inputs. The discriminator's parameters are used,
+    ``expression_guide``, ``mouth_l1``), ``psnr`` (of the same-person reconstructions) and, with
+    ``cross_render``, ``cross_render_psnr``; ``fake`` (reconstructions, under stop-gradient)
+    and ``real`` (their targets) are (b or 2b, plus a with ``cross_render``, R, R, 3), the
+    discriminator's inputs. The discriminator's parameters are used,
     not trained, here (differentiate w.r.t. the generator's only); ``l_cross_id`` embeds with
     a frozen copy of the model (gradient only through the image)."""
     lc = loss_cfg
     out = generator_outputs(model, frames, lc, motion)
     fakes = [out["recon"]] + ([out["recon_back"]] if lc.symmetric else [])
     reals = [out["drv"]] + ([out["src"]] if lc.symmetric else [])
+    m = {"psnr": losses.psnr(jnp.concatenate(fakes), jnp.concatenate(reals)).mean()}
+    # Where each target differs from the image it is drawn from (motion_l1's weights).
+    moving = ([losses.motion_weight_map(out["src"], out["drv"])] * len(fakes)
+              if lc.motion_l1 else [])
+    mouths = None if mouth is None else [mouth[:, 1]] + ([mouth[:, 0]] if lc.symmetric else [])
+    if lc.get("cross_render", False):  # V_i with the motion of row (i - 1)'s driver
+        a = out["cross"].shape[0]
+        prev = lambda x: jax.tree.map(lambda v: jnp.roll(v, 1, axis=0)[:a], x)  # noqa: E731
+        first = lambda x: jax.tree.map(lambda v: v[:a], x)  # noqa: E731
+        target = cross_render.render_targets(
+            prev(motion[:, 1]), first(cross["appearance"]), prev(cross["style"]),
+            first(cross["mirrored"]), resolution=frames.shape[2])
+        m["cross_render_psnr"] = losses.psnr(out["cross"], target).mean()
+        fakes.append(out["cross"])
+        reals.append(jax.lax.stop_gradient(target))
+        if lc.motion_l1:
+            moving.append(losses.motion_weight_map(out["src"][:a], target))
+        if mouths is not None:
+            mouths.append(prev(mouth[:, 1]))
     fake, real = jnp.concatenate(fakes), jnp.concatenate(reals)
-    m = {"l1": losses.l1_loss(fake, real),
-         "psnr": losses.psnr(fake, real).mean()}
+    m["l1"] = losses.l1_loss(fake, real)
     total = lc.l1 * m["l1"]
-    if lc.motion_l1:  # extra L1 where source and driver differ (the moving parts)
-        w = losses.motion_weight_map(out["src"], out["drv"])
-        w = jnp.concatenate([w] * len(fakes))
+    if lc.motion_l1:  # extra L1 where source and target differ (the moving parts)
+        w = jnp.concatenate(moving)
         m["motion_l1"] = losses.weighted_l1_loss(fake, real, w)
         total += lc.motion_l1 * m["motion_l1"]
     if lc.get("mouth_l1", 0):  # targets: the drivers, then (symmetric) the sources
-        w = jnp.concatenate([mouth[:, 1]] + ([mouth[:, 0]] if lc.symmetric else []))
+        w = jnp.concatenate(mouths)
         m["mouth_l1"] = guidance.region_l1(fake, real, w)
         total += lc.mouth_l1 * m["mouth_l1"]
     if lc.get("pose_guide", 0) or lc.get("expression_guide", 0):
