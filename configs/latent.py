@@ -310,7 +310,9 @@ def _quickstart(c):
     machine, install included). SyncNet's confidence in the generated video follows the mouth
     amplitude stage 1 has learned, which grows with its steps (docs/results/sync_diagnostic:
     self-reenactment LSE-C 0.15 / 0.49 / 0.60 at 700 / 1,400 / 2,600 steps), so the quickstart
-    spends its hour on stage-1 steps, on both cores. (Dropping VASA-1's l_consist /
+    spends its hour on stage-1 steps, on both cores: 2,200 steps in 37.6 min, the whole job
+    53.9 min from a fresh clone, generated LSE-C 0.458 = 2.9x chance (1,400 steps: 2.5x;
+    benchmarks/results/quality.md). (Dropping VASA-1's l_consist /
     l_cross_id rows would make a step 17% cheaper, but at 1,400 steps it cost self / cross
     LSE-C 0.49 / 0.47 -> 0.41 / 0.35: docs/results/sync_diagnostic/exp_noaux_1400.json.)"""
     _synthtalk64_estimator(c)

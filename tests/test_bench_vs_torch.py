@@ -68,3 +68,22 @@ def test_bench_vs_torch_latent(tmp_path):
     assert j[1] == pytest.approx(j[0], rel=1e-6) and j[2] != pytest.approx(j[0], rel=1e-6)
     assert case["loss_max_rel_diff"] < 1e-4
     assert "profile" not in case
+
+
+def test_bench_conv_kernels_smoke(tmp_path):
+    """``benchmarks/bench_conv_kernels.py`` on the ``test`` stage-1 config, one timed call per
+    kernel: every convolution of the loss's jaxpr is listed and timed in both frameworks."""
+    out = tmp_path / "conv.json"
+    subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench_conv_kernels.py"),
+                    "--variant", "test", "--threads", "1", "--reps", "1", "--out", str(out)],
+                   check=True, cwd=REPO, timeout=600)
+    res = json.loads(out.read_text())
+    assert res["variant"] == "test" and res["threads"] == 1
+    assert res["convolutions"] == sum(r["count"] for r in res["rows"]) > 10
+    for r in res["rows"]:
+        assert len(r["x"]) == 4 and len(r["w"]) == 4 and r["x"][3] == r["w"][2]
+        for fw in ("jax_ms", "torch_ms"):
+            assert all(r[fw][k] > 0 for k in ("fwd", "dx", "dw"))
+    for k in ("fwd", "dx", "dw", "all"):
+        assert res["torch_over_jax"][k] == pytest.approx(
+            res["total_ms"]["torch"][k] / res["total_ms"]["jax"][k])
