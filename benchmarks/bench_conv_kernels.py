@@ -92,15 +92,9 @@ def step_convolutions(variant: str) -> list[dict]:
 
 def _timer(fn, reps: int) -> float:
     """Median ms of ``reps`` calls of ``fn`` (which returns when done), after two warm-ups."""
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
+    from bench_vs_torch import time_calls
+
+    return time_calls(fn, 2, reps)["ms"]["median"]
 
 
 def jax_times(convs: list[dict], reps: int) -> list[dict]:
@@ -170,6 +164,7 @@ def totals(convs: list[dict], times: list[dict]) -> dict[str, float]:
 
 def run_worker(args) -> None:
     sys.path.insert(0, REPO)
+    sys.path.insert(0, HERE)
     with open(args.exchange) as f:
         convs = json.load(f)["convolutions"]
     times = jax_times(convs, args.reps) if args.worker == "jax" else torch_times(convs, args.reps)

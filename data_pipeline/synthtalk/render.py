@@ -276,10 +276,25 @@ def render_clip(motion, appearance, style, resolution: int):
     Returns:
       (T, R, R, 3) uint8 frames.
     """
-    c = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 / resolution) - 1.0
-    grid = jnp.meshgrid(c, c, indexing="xy")
+    grid = _pixel_grid(resolution)
     frames = jax.vmap(lambda m: _render_frame(m, appearance, style, grid))(motion)
     return jnp.round(frames * 255.0).astype(jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=("resolution",))
+def render_frames(motion, appearance, style, resolution: int):
+    """Render frames of different people: ``render_clip`` with the appearance and the style
+    given per frame (motion (T, 12), every ``appearance`` entry and ``style`` with a leading
+    axis T) -> (T, R, R, 3) uint8."""
+    grid = _pixel_grid(resolution)
+    frames = jax.vmap(lambda m, a, s: _render_frame(m, a, s, grid))(motion, appearance, style)
+    return jnp.round(frames * 255.0).astype(jnp.uint8)
+
+
+def _pixel_grid(resolution: int):
+    """The image coordinates (x, y) of every pixel centre, each (R, R), in [-1, 1]."""
+    c = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 / resolution) - 1.0
+    return jnp.meshgrid(c, c, indexing="xy")
 
 
 def mouth_centre_pixels(motion: np.ndarray, resolution: int) -> np.ndarray:

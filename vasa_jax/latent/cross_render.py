@@ -14,7 +14,7 @@ a mirrored source shows the mirror image of A, whose render with motion m is the
 render with the mirrored motion (A's hair need not be symmetric). The mouth box of a target is
 its driver's (the mouth centre depends on the motion only).
 
-Inputs come per batch row from the host (``row_inputs``): the source's appearance
+Inputs come per batch row from the host (``RowInputs``): the source's appearance
 (``Identity.render_params`` of its identity, drawn from the dataset's seed), the driver clip's
 emotion style and the source's mirror flag.
 """
@@ -32,8 +32,10 @@ import numpy as np
 from data_pipeline.loader import MIRRORED_MOTION_COLUMNS
 from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.identity import sample_identity
+from data_pipeline.synthtalk.motion import MOTION_DIM
+from vasa_jax.latent.model import to_unit
 
-_MIRROR_SIGN = np.ones(12, np.float32)
+_MIRROR_SIGN = np.ones(MOTION_DIM, np.float32)
 _MIRROR_SIGN[list(MIRRORED_MOTION_COLUMNS)] = -1.0
 
 
@@ -84,12 +86,8 @@ def render_targets(motion: jax.Array, appearance: dict, style: jax.Array, mirror
     """Identity renders: motion (n, 12) as seen (mirrored with its frame), appearance {name:
     (n, ...)}, style (n, 5), mirrored (n,) 0/1 (the source's mirror flag) -> (n, R, R, 3)
     float32 in [-1, 1], the image the model's input convention expects (``to_unit``)."""
-    c = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 / resolution) - 1.0
-    grid = jnp.meshgrid(c, c, indexing="xy")
     flip = mirrored[:, None] > 0.5
     m = jnp.where(flip, motion * _MIRROR_SIGN, motion)
-    frames = jax.vmap(lambda mm, app, st: render._render_frame(mm, app, st, grid))(
-        m, appearance, style)
-    # The dataset stores uint8 frames: quantise the same way so targets match stored pixels.
-    frames = jnp.round(frames * 255.0) / 127.5 - 1.0
+    # uint8, as the dataset stores its frames, so targets match the stored pixels.
+    frames = to_unit(render.render_frames(m, appearance, style, resolution))
     return jnp.where(flip[:, :, None, None], frames[:, :, ::-1], frames)
