@@ -290,6 +290,21 @@ def _vox256(c):
     c.loss.perceptual_layers = 5
 
 
+def _vox256_guided(c):
+    """``vox256`` with the guidance switches of ``synthtalk64_guided`` on real video: the
+    labels are the face-mesh ``motion`` and ``mouth_centre`` the voxceleb2 builder stores
+    (``data_pipeline.voxceleb2.face_labels``; NaN entries are skipped). Head pose guides z_pose
+    (face-vid2vid / LivePortrait take it from a pretrained estimator), the expression readout
+    finds jaw, lip width, blink and gaze in z_dyn (LivePortrait's landmark guidance), and the
+    mouth box's L1 weighs the lips. Guide weights as on SynthTalk; mouth L1 20 (SynthTalk's 100
+    serves its pixel path, which vox256 does not use). Not yet trained at this scale."""
+    _vox256(c)
+    c.model.expression_readout = 64
+    c.loss.pose_guide = 10.0
+    c.loss.expression_guide = 1.0
+    c.loss.mouth_l1 = 20.0
+
+
 def _paper(c):
     """512 px, V_app 96 x 16 x 64 x 64 as in MegaPortraits; about 200M parameters."""
     _vox(c, 512)
@@ -309,18 +324,21 @@ def _quickstart(c):
     """``synthtalk64_estimator`` fitted to the README's main job (an hour on a fresh 2-core
     machine, install included). SyncNet's confidence in the generated video follows the mouth
     amplitude stage 1 has learned, which grows with its steps (docs/results/sync_diagnostic:
-    self-reenactment LSE-C 0.15 / 0.49 / 0.60 at 700 / 1,400 / 2,600 steps), so the quickstart
-    spends its hour on stage-1 steps, on both cores: 2,200 steps in 37.6 min, the whole job
-    53.9 min from a fresh clone, generated LSE-C 0.458 = 2.9x chance (1,400 steps: 2.5x;
-    benchmarks/results/quality.md). (Dropping VASA-1's l_consist /
+    self-reenactment LSE-C 0.15 / 0.49 / 0.55 / 0.60 at 700 / 1,400 / 2,200 / 2,600 steps), so
+    the quickstart spends its hour on stage-1 steps, on both cores: 2,500 steps (2,200 took
+    37.6 min and the whole job 53.9 min from a fresh clone; generated LSE-C 0.458 = 2.9x
+    chance, 1,400 steps: 2.5x). Stage 2's steps buy less: 4,000 instead of 2,500 on the same
+    2,200-step latents raised the generated LSE-C only 0.458 -> 0.467
+    (docs/results/sync_diagnostic/stage2_steps.json). (Dropping VASA-1's l_consist /
     l_cross_id rows would make a step 17% cheaper, but at 1,400 steps it cost self / cross
     LSE-C 0.49 / 0.47 -> 0.41 / 0.35: docs/results/sync_diagnostic/exp_noaux_1400.json.)"""
     _synthtalk64_estimator(c)
-    c.train.steps = 2200
-    c.train.eval_every = c.train.checkpoint_every = c.train.image_every = 2200
+    c.train.steps = 2500
+    c.train.eval_every = c.train.checkpoint_every = c.train.image_every = 2500
 
 
 VARIANTS = {"test": _test, "synthtalk64": _synthtalk64, "synthtalk64_guided": _synthtalk64_guided,
             "synthtalk64_oracle": _synthtalk64_oracle, "synthtalk64_estimator": _synthtalk64_estimator,
             "synthtalk64_unguided": _synthtalk64_unguided, "quickstart": _quickstart,
-            "vox256": _vox256, "vox512": _paper, "paper": _paper}
+            "vox256": _vox256, "vox256_guided": _vox256_guided, "vox512": _paper,
+            "paper": _paper}

@@ -17,9 +17,11 @@ A batch is a dict of NumPy arrays with a leading batch dimension B::
   start     (B,) int32, first frame of the window within its clip
   pos       (B,) int64, position in the global stream (key for per-example randomness)
   identity  (B,) int32        clip (B,) int32
-  and, where the dataset has them (SynthTalk does, VoxCeleb2 does not):
-  motion    (B, T, 12) float32     phones (B, T) int32
-  emotion   (B,) int32   gaze (B, 2) float32   distance (B,) float32
+  and, where the dataset has them:
+  motion    (B, T, 12) float32     (SynthTalk's ground truth; VoxCeleb2's face-mesh labels)
+  mouth_centre (B, T, 2) float32   (VoxCeleb2; image half-widths)
+  phones    (B, T) int32           emotion (B,) int32   gaze (B, 2) float32   distance (B,)
+  float32                          (SynthTalk only)
   with ``augment``: mirrored (B,) int8 (1: the example was mirrored); with
   ``other_clip_driver`` > 0: driver_clip (B,) int32 and driver_emotion (B,) int32 (the clip the
   last frame came from, and its emotion) instead of emotion, gaze and distance
@@ -46,10 +48,11 @@ from vasa_jax.media.audio import to_float32
 
 # Per-frame fields sliced with the window when present (``audio_features`` comes from a clip
 # transform such as ``vasa_jax.motion.audio.AddAudioFeatures``).
-PER_FRAME_FIELDS = ("motion", "phones", "audio_features")
+PER_FRAME_FIELDS = ("motion", "mouth_centre", "phones", "audio_features")
 CLIP_FIELDS = ("identity", "clip", "emotion", "gaze", "distance")
 # Fields whose sign flips under a horizontal mirror: motion columns yaw, roll, tx, gaze_x of
-# SynthTalk's 12-column ground-truth track, and the clip's gaze theta.
+# SynthTalk's 12-column ground-truth track (and of the face-mesh labels in its convention,
+# data_pipeline.voxceleb2.face_labels), x of mouth_centre, and the clip's gaze theta.
 MIRRORED_MOTION_COLUMNS = (0, 2, 3, 10)
 _MIRRORED_MOTION_WIDTH = 12  # the columns above only mean that on SynthTalk's track
 
@@ -356,6 +359,8 @@ class Augment(grain.transforms.Map):
                 m = ex["motion"].copy()
                 m[:, MIRRORED_MOTION_COLUMNS] *= -1.0
                 ex["motion"] = m
+            if "mouth_centre" in ex:  # half-widths about the frame centre
+                ex["mouth_centre"] = ex["mouth_centre"] * np.array([-1.0, 1.0], np.float32)
             if "gaze" in ex:
                 ex["gaze"] = ex["gaze"] * np.array([-1.0, 1.0], np.float32)
         if "frames" in ex:

@@ -194,6 +194,53 @@ def test_guidance_on_a_dataset_without_labels_is_a_clear_error():
     assert out["motion"].shape == (2, 2, 12) and out["mouth"].shape == (2, 2, 64, 64, 1)
 
 
+def test_real_video_labels_with_gaps_guide_only_where_measured():
+    """Face-mesh labels (voxceleb2) are NaN where no face was found and in lip_round: the guides
+    skip those entries (finite loss and gradients, equal to the loss over the measured ones),
+    the mouth box comes from the stored mouth centre, and the oracle rung refuses them."""
+    labels = jnp.asarray(_motion(4))
+    z = guidance.pose_labels(labels) + 0.1
+    gappy = labels.at[1].set(jnp.nan)  # frame 1: no face
+    full = guidance.pose_guide_loss(z, guidance.pose_labels(labels))
+    assert float(guidance.pose_guide_loss(z, guidance.pose_labels(gappy))) == pytest.approx(
+        float(full), rel=1e-5)
+    grad = jax.grad(lambda q: guidance.pose_guide_loss(q, guidance.pose_labels(gappy)))(z)
+    assert bool(jnp.isfinite(grad).all()) and float(jnp.abs(grad[1]).sum()) == 0.0
+    assert float(guidance.masked_mse(jnp.ones((2, 3)), jnp.full((2, 3), jnp.nan))) == 0.0
+
+    c, m = _model(expression_readout=16)
+    lc = c.loss
+    lc.pose_guide, lc.expression_guide, lc.mouth_l1 = 1.0, 1.0, 5.0
+    frames = jnp.asarray(np.random.RandomState(0).randint(0, 255, (3, 2, 64, 64, 3)), jnp.uint8)
+    motion = _motion(6).reshape(3, 2, MOTION_DIM)
+    motion[:, :, FIELD["lip_round"]] = np.nan
+    motion[0, 1] = np.nan
+    centre = np.tile(np.array([0.1, 0.45], np.float32), (3, 2, 1))  # half-widths
+    centre[0, 1] = np.nan
+    task = LatentTask(c)
+    batch = task.device_batch({"frames": np.asarray(frames), "motion": motion,
+                               "mouth_centre": centre})
+    box = batch["mouth"]
+    assert box[0, 1].sum() == 0  # no face, no box
+    col, row = (0.1 + 1) * 32 - 0.5, (0.45 + 1) * 32 - 0.5
+    assert box[1, 0, int(round(row)), int(round(col)), 0] == 1.0
+    assert 120 <= box[1, 0].sum() <= 200
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+
+    def loss(p):
+        return generator_loss_terms(nnx.merge(graphdef, p, rest), frames, lc,
+                                    motion=jnp.asarray(batch["motion"]),
+                                    mouth=jnp.asarray(box))[:2]
+
+    (total, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert bool(jnp.isfinite(total)) and all(bool(jnp.isfinite(v)) for v in metrics.values())
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert float(metrics["pose_guide"]) > 0 and float(metrics["expression_guide"]) > 0
+    c.model.motion_source = "oracle"
+    with pytest.raises(ValueError, match="oracle rung"):
+        LatentTask(c).device_batch({"frames": np.asarray(frames), "motion": motion})
+
+
 def test_ladder_table_reads_reports(tmp_path):
     from vasa_jax.eval.latent_ladder import markdown, read_report, write_ladder
 

@@ -14,9 +14,14 @@ Per clip::
   clip       int32, the clip's index within its utterance (time [c T, (c + 1) T) / 25 s)
   video_id   text, the YouTube id of the source video
   utterance  int32, the NNNNN of the utterance file
+  motion     (T, 12) float32, face-mesh motion labels in SynthTalk's field order and signs
+  mouth_centre (T, 2) float32, the inner-lip midpoint in image half-widths
 
-the layout ``data_pipeline.loader`` reads from ``synthtalk`` (VoxCeleb2 has none of SynthTalk's
-ground-truth fields; the loader leaves them out). Splits: ``train`` and ``validation`` from the
+the layout ``data_pipeline.loader`` reads from ``synthtalk``. ``motion`` and ``mouth_centre``
+(``data_pipeline.voxceleb2.face_labels``; NaN on frames without a face; left out by configs
+made with ``face_labels=False``) are what stage 1's guidance switches read, as SynthTalk's
+ground truth on the embedded dataset; VoxCeleb2 has none of SynthTalk's clip-level fields
+(emotion, gaze, distance). Splits: ``train`` and ``validation`` from the
 official dev identities (validation: a fraction of them, chosen deterministically from the
 sorted identity list), ``test`` from the official test identities. Stored as ArrayRecord.
 
@@ -51,7 +56,8 @@ from absl import logging
 from etils import epath
 
 from data_pipeline.beam import import_beam
-from data_pipeline.voxceleb2 import decode, quality, report
+from data_pipeline.voxceleb2 import decode, face_labels, quality, report
+from data_pipeline.synthtalk.motion import MOTION_DIM
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 RESOLUTIONS = (256, 512)
@@ -111,6 +117,7 @@ class Voxceleb2Config(tfds.core.BuilderConfig):
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     quality_scorer: str = ""  # a key of quality.SCORERS; "" keeps every clip
     quality_threshold: float = 0.0  # clips scoring below this are refused
+    face_labels: bool = True  # per-frame face-mesh motion labels (face_labels.py)
 
     def __post_init__(self):
         if self.resolution < 16 or self.resolution % 2:
@@ -131,10 +138,11 @@ def _num(x: float) -> str:
 
 def make_config(resolution: int = 256, clip_frames: int = DEFAULT_CLIP_FRAMES, *,
                 validation_fraction: float | None = None, quality_scorer: str | None = None,
-                quality_threshold: float | None = None) -> Voxceleb2Config:
+                quality_threshold: float | None = None, face_labels: bool = True
+                ) -> Voxceleb2Config:
     """``res{R}`` for the defaults (3-s clips, 2 % of dev identities for validation, no quality
-    filter); anything else gets a distinct name, e.g. ``res64_t25`` or
-    ``res256_t75_val5_q-laplacian_sharpness-40``."""
+    filter, face-mesh labels); anything else gets a distinct name, e.g. ``res64_t25``,
+    ``res256_t75_val5_q-laplacian_sharpness-40`` or ``res256_nolabels``."""
     frac = DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
     scorer = quality_scorer or ""
     threshold = 0.0 if quality_threshold is None else float(quality_threshold)
@@ -148,16 +156,20 @@ def make_config(resolution: int = 256, clip_frames: int = DEFAULT_CLIP_FRAMES, *
         name += f"_val{_num(100 * frac)}"
     if scorer:
         name += f"_q-{scorer}-{_num(threshold)}"
+    if not face_labels:
+        name += "_nolabels"
     desc = (f"{clip_frames}-frame clips ({clip_frames / FPS:g} s) at {resolution} px; "
             f"{100 * frac:g} % of dev identities for validation"
-            + (f"; clips with {scorer} < {threshold:g} refused." if scorer else "."))
+            + (f"; clips with {scorer} < {threshold:g} refused" if scorer else "")
+            + ("; face-mesh motion labels." if face_labels else "; no motion labels."))
     return Voxceleb2Config(name=name, description=desc, resolution=resolution,
                            clip_frames=clip_frames, validation_fraction=frac,
-                           quality_scorer=scorer, quality_threshold=threshold)
+                           quality_scorer=scorer, quality_threshold=threshold,
+                           face_labels=face_labels)
 
 
 _NAME = re.compile(r"res(?P<r>\d+)(?:_t(?P<t>\d+))?(?:_val(?P<v>[\dp]+))?"
-                   r"(?:_q-(?P<q>\w+?)-(?P<th>m?[\dp]+(?:e[pm]?\d+)?))?")
+                   r"(?:_q-(?P<q>\w+?)-(?P<th>m?[\dp]+(?:e[pm]?\d+)?))?(?P<nl>_nolabels)?")
 
 
 def _unnum(s: str) -> float:
@@ -174,7 +186,8 @@ def config_from_name(name: str) -> Voxceleb2Config:
                          f"(as printed by a build), or give --resolution/--clip-frames.")
     cfg = make_config(int(m["r"]), int(m["t"] or DEFAULT_CLIP_FRAMES),
                       validation_fraction=_unnum(m["v"]) / 100 if m["v"] else None,
-                      quality_scorer=m["q"], quality_threshold=_unnum(m["th"]) if m["th"] else None)
+                      quality_scorer=m["q"], quality_threshold=_unnum(m["th"]) if m["th"] else None,
+                      face_labels=not m["nl"])
     if cfg.name != name:
         raise ValueError(f"{name!r} is not the canonical name of its settings; use "
                          f"{cfg.name!r}.")
@@ -295,24 +308,29 @@ def _pcm16(audio: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class ClipMaker:
     """``utterance -> ([(key, example)], VideoRecord)``; picklable (Beam ships it to workers).
-    Writes the skip record of a skipped (or quality-filtered) file under ``report_dir``."""
+    Writes the skip record of a skipped (or quality-filtered) file under ``report_dir``.
+    ``face_labels`` adds each clip's face-mesh ``motion`` and ``mouth_centre``."""
 
     resolution: int
     clip_frames: int
     quality_scorer: str
     quality_threshold: float
     report_dir: str
+    face_labels: bool
 
     def _encode(self, frames: np.ndarray):
-        """(L, R, R, 3) uint8 -> JPEG bytes per frame, or None when the quality filter refuses
-        the clip."""
+        """(L, R, R, 3) uint8 -> {"frames": JPEG bytes per frame, + the face labels}, or None
+        when the quality filter refuses the clip."""
         from data_pipeline.synthtalk.parallel import encode_frames
 
         if self.quality_scorer:
             score = quality.get_scorer(self.quality_scorer)(frames)
             if score < self.quality_threshold:
                 return None
-        return encode_frames(frames, "jpeg")
+        out = {"frames": encode_frames(frames, "jpeg")}
+        if self.face_labels:
+            out.update(face_labels.label_clip(frames))
+        return out
 
     def __call__(self, utt: Utterance) -> tuple[list[tuple[str, dict[str, Any]]],
                                                 report.VideoRecord]:
@@ -329,15 +347,15 @@ class ClipMaker:
             n = self.clip_frames * SAMPLES_PER_FRAME
             identity = int(utt.identity[2:])
             number = int(utt.utterance) if utt.utterance.isdigit() else -1
-            for c, frames in enumerate(clips.frames):
-                if frames is None:
+            for c, clip in enumerate(clips.frames):
+                if clip is None:
                     record.rejected["quality"] = record.rejected.get("quality", 0) + 1
                     continue
                 key = f"{utt.identity}/{utt.video_id}/{utt.utterance}/{c:04d}"
-                examples.append((key, {
-                    "frames": frames, "audio": _pcm16(clips.audio[c * n:(c + 1) * n]),
-                    "identity": np.int32(identity), "clip": np.int32(c),
-                    "video_id": utt.video_id, "utterance": np.int32(number)}))
+                examples.append((key, dict(
+                    clip, audio=_pcm16(clips.audio[c * n:(c + 1) * n]),
+                    identity=np.int32(identity), clip=np.int32(c), video_id=utt.video_id,
+                    utterance=np.int32(number))))
             record.clips = len(examples)
         if record.noteworthy:
             record.log()
@@ -367,8 +385,9 @@ class Voxceleb2(tfds.core.GeneratorBasedBuilder):
     """VoxCeleb2 face tracks as aligned 25 fps clips with 16 kHz audio (manual download)."""
 
     name = "voxceleb2"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Per-frame face-mesh motion labels (motion, mouth_centre)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [make_config(r) for r in RESOLUTIONS]
     DEFAULT_CONFIG_NAME = "res256"
@@ -403,6 +422,13 @@ class Voxceleb2(tfds.core.GeneratorBasedBuilder):
                 "clip": tfds.features.Scalar(np.int32, doc="clip index within the utterance"),
                 "video_id": tfds.features.Text(doc="YouTube id of the source video"),
                 "utterance": tfds.features.Scalar(np.int32, doc="NNNNN of NNNNN.mp4"),
+                **({"motion": tfds.features.Tensor(
+                        shape=(t, MOTION_DIM), dtype=np.float32,
+                        doc="face-mesh motion labels, SynthTalk's fields (face_labels.py)"),
+                    "mouth_centre": tfds.features.Tensor(
+                        shape=(t, 2), dtype=np.float32,
+                        doc="inner-lip midpoint, image half-widths (x right, y down)")}
+                   if c.face_labels else {}),
             }),
             supervised_keys=None,
             homepage="https://www.robots.ox.ac.uk/~vgg/data/voxceleb/vox2.html",
@@ -414,7 +440,7 @@ class Voxceleb2(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(
                 fps=FPS, sample_rate=SAMPLE_RATE, resolution=r, clip_frames=t,
                 validation_fraction=c.validation_fraction, quality_scorer=c.quality_scorer,
-                quality_threshold=c.quality_threshold),
+                quality_threshold=c.quality_threshold, face_labels=c.face_labels),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -429,7 +455,7 @@ class Voxceleb2(tfds.core.GeneratorBasedBuilder):
         self.info.metadata["validation_identities"] = splits.get("validation", [])
         self.info.metadata["identities"] = {k: len(v) for k, v in splits.items()}
         maker = ClipMaker(c.resolution, c.clip_frames, c.quality_scorer, c.quality_threshold,
-                          str(self._report_root))
+                          str(self._report_root), c.face_labels)
         part = {"train": "dev", "validation": "dev", "test": "test"}
         return {split: self._generate_examples(
                     split, [IdentityTask(split, part[split], i, str(manual_dir)) for i in ids],

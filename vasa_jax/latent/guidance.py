@@ -20,7 +20,10 @@ adds a landmark-guided loss on eyes and lips. Here:
   pixels that carry lip sync (the SynthTalk mouth is about 5 px of a 64 px frame and drowns in
   a whole-image L1).
 
-Labels are SynthTalk's 12-d motion track (``data_pipeline.synthtalk.motion.MOTION_FIELDS``).
+Labels are SynthTalk's 12-d motion track (``data_pipeline.synthtalk.motion.MOTION_FIELDS``), or
+on real video the face-mesh track the voxceleb2 builder stores in the same convention
+(``data_pipeline.voxceleb2.face_labels``: NaN where no face was found or a field is not measured;
+the guides skip those entries). The oracle rung needs complete labels (SynthTalk).
 """
 
 from __future__ import annotations
@@ -71,12 +74,22 @@ def expression_labels(motion: jax.Array) -> jax.Array:
     return cols / EXPRESSION_SCALE
 
 
+def masked_mse(pred: jax.Array, labels: jax.Array, weight: jax.Array | None = None
+               ) -> jax.Array:
+    """Mean squared error over the finite labels (real-video labels are NaN where the face
+    mesh found no face or a field is not measured), optionally weighted per channel:
+    (b, k) x 2 -> scalar (0 when no label is finite). NaN labels pass no gradient or NaN."""
+    ok = jnp.isfinite(labels)
+    w = ok.astype(jnp.float32) * (1.0 if weight is None else weight)
+    err = pred - jnp.where(ok, labels, 0.0)
+    return (w * jnp.square(err)).sum() / jnp.maximum(w.sum(), 1.0)
+
+
 def pose_guide_loss(z_pose: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean squared error over the labelled pose channels, each in units of its typical spread
-    (``POSE_SCALE``): (b, 7) x 2 -> scalar."""
-    w = jnp.asarray(LABELLED_POSE)
-    err = (z_pose - labels) / jnp.asarray(POSE_SCALE)
-    return (w * jnp.square(err)).sum(-1).mean() / w.sum()
+    (``POSE_SCALE``): (b, 7) x 2 -> scalar. Non-finite labels are skipped."""
+    scale = jnp.asarray(POSE_SCALE)
+    return masked_mse(z_pose / scale, labels / scale, jnp.asarray(LABELLED_POSE))
 
 
 class ExpressionReadout(nnx.Module):
@@ -109,17 +122,23 @@ class OracleDynamics(nnx.Module):
         return self.out(x).astype(jnp.float32)
 
 
-def region_weight(motion: np.ndarray, resolution: int, half: tuple[float, float] = (0.12, 0.09)
-                  ) -> np.ndarray:
+def region_weight(motion: np.ndarray, resolution: int, half: tuple[float, float] = (0.12, 0.09),
+                  mouth_centre: np.ndarray | None = None) -> np.ndarray:
     """A box around the mouth centre of each frame: motion (b, 12) -> (b, R, R, 1) float32 in
     {0, 1}. ``half`` = the box's half width and height as fractions of R (at 64 px about 15 x 11
-    px, one and a half times the widest SynthTalk mouth at scale 1). Computed on the host from
-    the labels (SynthTalk's ground truth here; mouth landmarks on real video)."""
-    c = render.mouth_centre_pixels(np.asarray(motion), resolution)  # (b, 2) column, row
+    px, one and a half times the widest SynthTalk mouth at scale 1). Computed on the host: from
+    SynthTalk's ground-truth motion through its geometry, or from ``mouth_centre`` (b, 2)
+    (x right, y down, image half-widths; the face-mesh lips on real video) when given. A NaN
+    centre (no face) gives an empty box."""
+    if mouth_centre is not None:
+        c = (np.asarray(mouth_centre, np.float64) + 1.0) * 0.5 * resolution - 0.5
+    else:
+        c = render.mouth_centre_pixels(np.asarray(motion), resolution)  # (b, 2) column, row
     ii = np.arange(resolution, dtype=np.float32)
     inx = np.abs(ii[None, None, :] - c[:, 0, None, None]) <= half[0] * resolution
     iny = np.abs(ii[None, :, None] - c[:, 1, None, None]) <= half[1] * resolution
-    return (inx & iny).astype(np.float32)[..., None]
+    with np.errstate(invalid="ignore"):
+        return (inx & iny).astype(np.float32)[..., None]
 
 
 def region_l1(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
@@ -130,5 +149,5 @@ def region_l1(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Arra
 
 
 __all__ = ["EXPRESSION_FIELDS", "EXPRESSION_SCALE", "ExpressionReadout", "MOTION_SPREAD",
-           "OracleDynamics", "POSE_SCALE", "expression_labels", "pose_guide_loss", "pose_labels",
-           "region_l1", "region_weight"]
+           "OracleDynamics", "POSE_SCALE", "expression_labels", "masked_mse", "pose_guide_loss",
+           "pose_labels", "region_l1", "region_weight"]

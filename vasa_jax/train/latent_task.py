@@ -139,12 +139,23 @@ class LatentTask(Task):
                     f"{self.config.model.motion_source!r}, loss.pose_guide / expression_guide / "
                     f"mouth_l1 > 0) but dataset {self.config.data.dataset!r} gives none; set "
                     f"them to 'encoder' / 0, or train on a dataset with per-frame motion labels "
-                    f"(SynthTalk).")
+                    f"(SynthTalk, or voxceleb2 built with its face-mesh labels).")
             motion = np.asarray(batch["motion"], np.float32)  # (b, 2, 12)
+            if (self.config.model.get("motion_source", "encoder") == "oracle"
+                    and not np.isfinite(motion).all()):
+                raise ValueError(
+                    f"The oracle rung (model.motion_source='oracle') drives the decoder with the "
+                    f"labels and needs every field of every frame, but dataset "
+                    f"{self.config.data.dataset!r} has missing (NaN) labels (face-mesh labels: "
+                    f"frames without a face, lip_round unmeasured). Use it on SynthTalk.")
             out["motion"] = motion
             if self.config.loss.mouth_l1:
                 b = len(motion)
-                w = guidance.region_weight(motion.reshape(2 * b, -1), res)
+                centre = batch.get("mouth_centre")
+                w = guidance.region_weight(
+                    motion.reshape(2 * b, -1), res,
+                    mouth_centre=None if centre is None else
+                    np.asarray(centre, np.float32).reshape(2 * b, 2))
                 out["mouth"] = w.reshape(b, 2, res, res, 1)
         if self.config.loss.get("cross_render", False):
             if self.cross_inputs is None:
@@ -332,8 +343,8 @@ def generator_loss_terms(model: FaceLatentModel, frames: jax.Array, loss_cfg, *,
                 raise ValueError("loss.expression_guide needs model.expression_readout > 0 "
                                  "(the hidden width of the head that reads z_dyn).")
             pred = model.expression_readout(out["dyn"])
-            m["expression_guide"] = jnp.square(
-                pred - guidance.expression_labels(labels)).mean()
+            m["expression_guide"] = guidance.masked_mse(pred,
+                                                        guidance.expression_labels(labels))
             total += lc.expression_guide * m["expression_guide"]
     if lc.perceptual:
         m["perceptual"] = losses.perceptual_loss(fake, real, lc.perceptual_layers)
