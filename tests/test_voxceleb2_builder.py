@@ -117,7 +117,7 @@ def test_beam_build_equals_plain_build(builds):
         for key, a in plain.items():
             b = beam[key]
             assert a.keys() == b.keys() == {"frames", "audio", "identity", "clip", "video_id",
-                                            "utterance"}
+                                            "utterance", "motion", "mouth_centre"}
             for k in a:
                 np.testing.assert_array_equal(a[k], b[k], err_msg=f"{key} {k}")
     assert builds["beam"][2]["hours_of_video"] == pytest.approx(
@@ -302,7 +302,7 @@ def test_cli_build_prints_progress_and_summary_and_applies_quality_filter(tmp_pa
     for path in tree.skipped:
         assert path in out
     name = "res32_t25_val25_q-laplacian_sharpness-50"
-    report = json.loads(open(f"{data_dir}/voxceleb2/{name}/1.0.0/build_report.json").read())
+    report = json.loads(open(f"{data_dir}/voxceleb2/{name}/1.1.0/build_report.json").read())
     assert report["skipped_clips"] == {"quality": blurred}
     assert cli.main(args) == 0  # prepared: reused, the stored summary printed again
     assert "already prepared" in capsys.readouterr().out

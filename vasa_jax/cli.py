@@ -590,7 +590,8 @@ def _voxceleb2_config(args):
             quality_scorer=(base.quality_scorer if args.quality_scorer is None
                             else args.quality_scorer),
             quality_threshold=(base.quality_threshold if args.quality_threshold is None
-                               else args.quality_threshold))
+                               else args.quality_threshold),
+            face_labels=base.face_labels and not getattr(args, "no_face_labels", False))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -882,6 +883,9 @@ def parser() -> argparse.ArgumentParser:
                     help="a registered blind quality score (laplacian_sharpness); clips below "
                          "--quality-threshold are skipped")
     vx.add_argument("--quality-threshold", type=float, default=None)
+    vx.add_argument("--no-face-labels", action="store_true",
+                    help="skip the per-frame face-mesh motion labels (stage-1 guidance on real "
+                         "video; about 5-10 ms of mediapipe per frame): config name *_nolabels")
     vx.add_argument("--data-dir", default=None, help="TFDS data dir (default $VASA_JAX_DATA_DIR "
                     "or ~/tensorflow_datasets; gs:// for Dataflow)")
     vx.add_argument("--beam-runner", default=None,

@@ -34,6 +34,8 @@ track (``data_pipeline.loader.MIRRORED_MOTION_COLUMNS``; x of ``mouth_centre``).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from data_pipeline.synthtalk.motion import FIELD, MOTION_DIM
@@ -121,7 +123,7 @@ def motion_from_landmarks(landmarks: np.ndarray, resolution: int
     return motion.astype(np.float32), mouth_centre.astype(np.float32)
 
 
-_TRACKER: list = []  # one face-mesh tracker per process (Beam workers included)
+_LOCAL = threading.local()  # one face-mesh tracker per thread (Beam workers included)
 
 
 def label_clip(frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -131,9 +133,9 @@ def label_clip(frames: np.ndarray) -> dict[str, np.ndarray]:
     if frames.ndim != 4 or frames.shape[1] != frames.shape[2] or frames.dtype != np.uint8:
         raise ValueError(f"frames must be square (T, R, R, 3) uint8, got {frames.dtype} "
                          f"{frames.shape}.")
-    if not _TRACKER:
-        _TRACKER.append(fl.FaceMeshTracker())
-    tracker = _TRACKER[0]
+    tracker = getattr(_LOCAL, "tracker", None)
+    if tracker is None:
+        tracker = _LOCAL.tracker = fl.FaceMeshTracker()
     tracker.reset()
     motion, mouth = motion_from_landmarks(tracker.track(frames), frames.shape[1])
     return {"motion": motion, "mouth_centre": mouth}
