@@ -884,8 +884,9 @@ def parser() -> argparse.ArgumentParser:
                          "--quality-threshold are skipped")
     vx.add_argument("--quality-threshold", type=float, default=None)
     vx.add_argument("--no-face-labels", action="store_true",
-                    help="skip the per-frame face-mesh motion labels (stage-1 guidance on real "
-                         "video; about 5-10 ms of mediapipe per frame): config name *_nolabels")
+                    help="skip the per-frame face-mesh motion labels (stage-1 guidance on "
+                         "real video; about 5 ms of mediapipe per 256-px frame on one core): "
+                         "config name *_nolabels")
     vx.add_argument("--data-dir", default=None, help="TFDS data dir (default $VASA_JAX_DATA_DIR "
                     "or ~/tensorflow_datasets; gs:// for Dataflow)")
     vx.add_argument("--beam-runner", default=None,
