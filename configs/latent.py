@@ -327,8 +327,9 @@ def _quickstart(c):
     self-reenactment LSE-C 0.15 / 0.49 / 0.55 / 0.60 at 700 / 1,400 / 2,200 / 2,600 steps), so
     the quickstart spends its hour on stage-1 steps, on both cores: 2,500 steps in 43.8 min,
     the whole job 58.7 min from a fresh clone, generated LSE-C 0.516 = 3.3x chance
-    (benchmarks/results/quality.md; 2,200 steps: 2.9x, 1,400: 2.5x). Stage 2's steps buy less: 4,000 instead of 2,500 on the same
-    2,200-step latents raised the generated LSE-C only 0.458 -> 0.467
+    (benchmarks/results/quality.md; 2,200 steps: 2.9x, 1,400: 2.5x). Stage 2's steps buy
+    less: 4,000 instead of 2,500 on the same 2,200-step latents raised the generated LSE-C
+    only 0.458 -> 0.467
     (docs/results/sync_diagnostic/stage2_steps.json). (Dropping VASA-1's l_consist /
     l_cross_id rows would make a step 17% cheaper, but at 1,400 steps it cost self / cross
     LSE-C 0.49 / 0.47 -> 0.41 / 0.35: docs/results/sync_diagnostic/exp_noaux_1400.json.)"""

@@ -54,6 +54,7 @@ CLIP_FIELDS = ("identity", "clip", "emotion", "gaze", "distance")
 # SynthTalk's 12-column ground-truth track (and of the face-mesh labels in its convention,
 # data_pipeline.voxceleb2.face_labels), x of mouth_centre, and the clip's gaze theta.
 MIRRORED_MOTION_COLUMNS = (0, 2, 3, 10)
+_MIRROR_X = np.array([-1.0, 1.0], np.float32)  # an (x, y) pair under a horizontal mirror
 _MIRRORED_MOTION_WIDTH = 12  # the columns above only mean that on SynthTalk's track
 
 
@@ -360,9 +361,9 @@ class Augment(grain.transforms.Map):
                 m[:, MIRRORED_MOTION_COLUMNS] *= -1.0
                 ex["motion"] = m
             if "mouth_centre" in ex:  # half-widths about the frame centre
-                ex["mouth_centre"] = ex["mouth_centre"] * np.array([-1.0, 1.0], np.float32)
+                ex["mouth_centre"] = ex["mouth_centre"] * _MIRROR_X
             if "gaze" in ex:
-                ex["gaze"] = ex["gaze"] * np.array([-1.0, 1.0], np.float32)
+                ex["gaze"] = ex["gaze"] * _MIRROR_X
         if "frames" in ex:
             if self.colour_jitter > 0:
                 gain = 1.0 + rng.uniform(-self.colour_jitter, self.colour_jitter)

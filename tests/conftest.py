@@ -26,6 +26,23 @@ def synthtalk_tiny(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def voxceleb2_labelled(tmp_path_factory) -> tuple[str, str, str]:
+    """(manual dir, data dir, config name): a fake VoxCeleb2 download of real H.264 mp4s at
+    128 px (2 dev identities x 2 utterances; SynthTalk renders, which mediapipe's face mesh
+    finds) built once per session at 64 px with the face-mesh labels (1 identity per split)."""
+    from data_pipeline.voxceleb2 import fake_tree
+    from data_pipeline.voxceleb2 import voxceleb2_dataset_builder as vb
+
+    tree = fake_tree.write_fake_tree(str(tmp_path_factory.mktemp("vox_manual")),
+                                     dev_identities=2, test_identities=0,
+                                     utterances_per_video=2, size=128, extras=False)
+    data_dir = str(tmp_path_factory.mktemp("vox_tfds"))
+    cfg = vb.make_config(64, 25, validation_fraction=0.5)
+    vb.build_voxceleb2(tree.root, cfg, data_dir=data_dir)
+    return tree.root, data_dir, cfg.name
+
+
+@pytest.fixture(scope="session")
 def stage1_workdir(synthtalk_tiny, tmp_path_factory) -> str:
     """A workdir with a stage-1 (``test`` variant) checkpoint after 2 steps on res64_tiny."""
     from configs import latent as latent_configs

@@ -1,6 +1,7 @@
-"""Stage 1's guidance on the real-data path: a voxceleb2 build (a fake download of real H.264
-mp4s at 128 px, stored at 64 px) with its face-mesh labels trains the ``test`` config with the
-pose and expression guides and the mouth-box L1 through the trainer, and the guides fall."""
+"""Stage 1's guidance on the real-data path: a voxceleb2 build (``voxceleb2_labelled``: a
+fake download of real H.264 mp4s at 128 px, stored at 64 px) with its face-mesh labels trains
+the ``test`` config with the pose and expression guides and the mouth-box L1 through the
+trainer, and the guides fall."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,6 @@ import pytest
 from trainer_configs import make_test_config
 
 from configs.latent import get_config
-from data_pipeline.voxceleb2 import fake_tree
-from data_pipeline.voxceleb2 import voxceleb2_dataset_builder as vb
 from vasa_jax.train.latent_task import LatentTask
 from vasa_jax.train.trainer import Trainer, read_metrics
 
@@ -17,15 +16,10 @@ STEPS = 12
 
 
 @pytest.mark.slow
-def test_guided_stage1_trains_on_face_mesh_labels(tmp_path):
-    tree = fake_tree.write_fake_tree(str(tmp_path / "manual"), dev_identities=2,
-                                     test_identities=0, utterances_per_video=2, size=128,
-                                     extras=False)
-    data_dir = str(tmp_path / "data")
-    cfg = vb.make_config(64, 25, validation_fraction=0.5)
-    vb.build_voxceleb2(tree.root, cfg, data_dir=data_dir)
+def test_guided_stage1_trains_on_face_mesh_labels(voxceleb2_labelled, tmp_path):
+    _, data_dir, name = voxceleb2_labelled
     c = make_test_config(get_config, data_dir, **{
-        "data.dataset": "voxceleb2", "data.config": cfg.name,
+        "data.dataset": "voxceleb2", "data.config": name,
         "model.expression_readout": 16, "loss.pose_guide": 1.0, "loss.expression_guide": 1.0,
         "loss.mouth_l1": 5.0, "train.steps": STEPS, "optim.decay_steps": STEPS,
         "train.checkpoint_every": STEPS})

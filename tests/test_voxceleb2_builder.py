@@ -169,17 +169,12 @@ def test_loader_yields_aligned_frames_and_audio(builds):
     assert "frames" not in batch and batch["audio"].shape == (2, 20 * 640)
 
 
-def test_face_mesh_labels_are_stored_and_loaded(tmp_path):
-    """A 128 px build stores per-frame face-mesh ``motion`` (SynthTalk's 12 fields; NaN where
-    unmeasured) and ``mouth_centre``; the loader windows both and mirrors them with the frames;
-    a ``_nolabels`` config stores neither."""
-    tree = fake_tree.write_fake_tree(str(tmp_path / "manual"), dev_identities=2,
-                                     test_identities=0, utterances_per_video=1, size=128,
-                                     extras=False)
-    data_dir = str(tmp_path / "data")
-    cfg = vb.make_config(128, 25, validation_fraction=0.5)
-    vb.build_voxceleb2(tree.root, cfg, data_dir=data_dir)
-    source, _ = open_source("voxceleb2", cfg.name, "train", data_dir)
+def test_face_mesh_labels_are_stored_and_loaded(voxceleb2_labelled, tmp_path):
+    """A build from 128 px sources stores per-frame face-mesh ``motion`` (SynthTalk's 12
+    fields; NaN where unmeasured) and ``mouth_centre``; the loader windows both and mirrors them
+    with the frames; a ``_nolabels`` config stores neither."""
+    manual_dir, data_dir, name = voxceleb2_labelled
+    source, _ = open_source("voxceleb2", name, "train", data_dir)
     ex = source[0]
     motion, centre = np.asarray(ex["motion"]), np.asarray(ex["mouth_centre"])
     assert motion.shape == (25, 12) and centre.shape == (25, 2)
@@ -189,7 +184,7 @@ def test_face_mesh_labels_are_stored_and_loaded(tmp_path):
     assert (np.abs(motion[found, :3]) < 0.6).all()  # yaw, pitch, roll in radians
     assert (0.6 < motion[found, 5]).all() and (motion[found, 5] < 1.6).all()  # scale
     assert (np.abs(centre[found]) < 1).all() and (centre[found, 1] > 0).all()  # lower half
-    common = dict(dataset="voxceleb2", config=cfg.name, split="train", data_dir=data_dir,
+    common = dict(dataset="voxceleb2", config=name, split="train", data_dir=data_dir,
                   batch_size=1, shuffle=False, num_epochs=1, drop_remainder=False,
                   num_frames=25, random_window=False)
     plain = next(iter(make_loader(LoaderConfig(augment=False, **common))))
@@ -200,9 +195,9 @@ def test_face_mesh_labels_are_stored_and_loaded(tmp_path):
     np.testing.assert_allclose(flipped["mouth_centre"][0], centre * [-1, 1])
     np.testing.assert_allclose(flipped["motion"][0, :, [0, 1, 3]], motion[:, [0, 1, 3]].T *
                                np.array([[-1], [1], [-1]]))
-    bare = vb.make_config(128, 25, validation_fraction=0.5, face_labels=False)
-    vb.build_voxceleb2(tree.root, bare, data_dir=data_dir)
-    ex = open_source("voxceleb2", bare.name, "train", data_dir)[0][0]
+    bare = vb.make_config(64, 25, validation_fraction=0.5, face_labels=False)
+    vb.build_voxceleb2(manual_dir, bare, data_dir=str(tmp_path))
+    ex = open_source("voxceleb2", bare.name, "train", str(tmp_path))[0][0]
     assert "motion" not in ex and "mouth_centre" not in ex
 
 

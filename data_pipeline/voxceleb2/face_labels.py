@@ -106,7 +106,7 @@ def motion_from_landmarks(landmarks: np.ndarray, resolution: int
                         resolution)
     eye_dist = np.linalg.norm(f[:, fl.LEFT_EYE_OUTER] - f[:, fl.RIGHT_EYE_OUTER], axis=-1)
     ear = fl.eye_aspect_ratio(f)
-    open_level = np.nanpercentile(ear, OPEN_EYE_PERCENTILE)
+    open_level = np.percentile(ear, OPEN_EYE_PERCENTILE)
     m = motion[found]
     m[:, FIELD["yaw"]], m[:, FIELD["pitch"]], m[:, FIELD["roll"]] = pose.T
     m[:, FIELD["scale"]] = scale
@@ -136,7 +136,8 @@ def label_clip(frames: np.ndarray) -> dict[str, np.ndarray]:
     tracker = getattr(_LOCAL, "tracker", None)
     if tracker is None:
         tracker = _LOCAL.tracker = fl.FaceMeshTracker()
-    tracker.reset()
+    else:
+        tracker.reset()  # forget the previous clip's face
     motion, mouth = motion_from_landmarks(tracker.track(frames), frames.shape[1])
     return {"motion": motion, "mouth_centre": mouth}
 

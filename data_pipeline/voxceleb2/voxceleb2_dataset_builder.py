@@ -56,8 +56,8 @@ from absl import logging
 from etils import epath
 
 from data_pipeline.beam import import_beam
-from data_pipeline.voxceleb2 import decode, face_labels, quality, report
 from data_pipeline.synthtalk.motion import MOTION_DIM
+from data_pipeline.voxceleb2 import decode, face_labels, quality, report
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 RESOLUTIONS = (256, 512)
