@@ -46,7 +46,7 @@ EXTRAS = {
     # real clips (watermark false positives)
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill", "torch==2.13.0",
             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1",
-            "python_speech_features==0.6",  # SyncNet MFCC parity (vasa_jax.eval.mfcc)
+            "python_speech_features==0.6",  # SyncNet MFCC parity (vasa_jax.instruments.mfcc)
             "safetensors>=0.4",  # vasa_jax.interop weight files (checked with 0.8.0)
             "matplotlib>=3.8",  # plots of the eval table and the convergence comparison
             # the VoxCeleb2/latents builders' Beam DirectRunner tests (resolved here together

@@ -1,13 +1,26 @@
-"""Helpers the benchmark scripts share: the machine's measured matmul peak, its CPU model, and
-XLA's cost analysis of a compiled function. (Imported by the scripts beside it.)"""
+"""Helpers the benchmark scripts share: their command-line parser, the machine's measured matmul
+peak, its CPU model, and XLA's cost analysis of a compiled function. (Imported by the scripts
+beside it.)"""
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import platform
-import tempfile
 import time
+
+from vasa_jax.atomic import write_json
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def bench_parser(doc: str, result_file: str) -> argparse.ArgumentParser:
+    """A benchmark script's parser: its docstring ``doc`` as the help text, and ``--out`` (where
+    its figures go) defaulting to ``benchmarks/results/<result_file>``."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(RESULTS_DIR, result_file))
+    return ap
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -49,15 +62,5 @@ def xla_cost(compiled) -> dict[str, float]:
 def save_json(result: dict, path: str) -> None:
     """Write a benchmark's figures (creating the folder) through a temporary file and a rename,
     so a reader never sees a half-written file, and say where."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    write_json(path, result)
     print(f"wrote {path}")

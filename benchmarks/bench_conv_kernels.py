@@ -45,7 +45,8 @@ def step_convolutions(variant: str) -> list[dict]:
 
     from configs.latent import get_config
     from vasa_jax.interop.face_latent import randomize
-    from vasa_jax.train.latent_task import LatentTask, generator_loss_terms
+    from vasa_jax.latent.objective import generator_loss_terms
+    from vasa_jax.train.latent_task import LatentTask
 
     c = get_config(variant)
     task = LatentTask(c)

@@ -37,13 +37,13 @@ def _pipeline(size: str, steps: int):
     from vasa_jax.motion import diffusion
     from vasa_jax.motion.dit import make_motion_dit
     from vasa_jax.pipeline import Controls, TalkingFacePipeline
-    from vasa_jax.train.motion_task import frontend_from_config
+    from vasa_jax.motion.audio import frontend_from_config
 
     lcfg, mcfg = lc.get_config(SIZES[size][0]), mc.get_config(SIZES[size][1])
     mcfg.model.motion_dim = 7 + lcfg.model.dyn_dim
     latent = make_face_latent_model(lcfg.model, rngs=nnx.Rngs(0))
     motion = make_motion_dit(mcfg.model, rngs=nnx.Rngs(1))
-    pipe = TalkingFacePipeline(latent, motion, frontend=frontend_from_config(mcfg),
+    pipe = TalkingFacePipeline(latent, motion, frontend=frontend_from_config(mcfg.audio),
                                schedule=diffusion.make_schedule(mcfg.diffusion.schedule,
                                                                 mcfg.diffusion.train_steps),
                                decode_batch=8 if size == "paper" else 0, max_seconds=3600)

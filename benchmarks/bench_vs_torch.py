@@ -226,14 +226,14 @@ class MotionCase:
         from vasa_jax.interop.motion_dit import flax_to_torch
         from vasa_jax.motion import diffusion
         from vasa_jax.motion.dit import make_motion_dit
-        from vasa_jax.train.motion_task import denoising_loss
+        from vasa_jax.motion.objective import denoising_loss
         from vasa_jax.train.state import lr_schedule, make_optimizer
 
         c = self.config()
         model = make_motion_dit(c.model, rngs=nnx.Rngs(c.seed))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         schedule = diffusion.make_schedule(c.diffusion.schedule, c.diffusion.train_steps)
-        tx = make_optimizer(c.optim)
+        tx = make_optimizer(c.optim, c.train.steps)
         vw = float(c.diffusion.velocity_weight)
         inp = self.inputs(c)
         batch, t, noise, drops = self.split(inp, jnp.asarray)
@@ -251,7 +251,7 @@ class MotionCase:
         exchange = {"w/" + k: v for k, v in flax_to_torch(nnx.state(model)).items()}
         exchange.update({"in/" + k: np.asarray(v) for k, v in inp.items()})
         # The learning rate of each update, so torch follows the same schedule exactly.
-        lrs = lr_schedule(c.optim)
+        lrs = lr_schedule(c.optim, c.train.steps)
         exchange["lr"] = np.array([float(lrs(i)) for i in range(total_steps)], np.float64)
 
         def components(state):
@@ -287,8 +287,8 @@ class MotionCase:
         import numpy as np
         import torch
 
-        from baselines.torch import diffusion as tdiff
-        from baselines.torch.motion_dit import make_motion_dit as make_torch
+        from baselines.torch_baseline import diffusion as tdiff
+        from baselines.torch_baseline.motion_dit import make_motion_dit as make_torch
 
         c = self.config()
         model = make_torch(c.model)
@@ -433,7 +433,8 @@ class LatentCase:
         from flax import nnx
 
         from vasa_jax.interop.face_latent import flax_to_torch, randomize
-        from vasa_jax.train.latent_task import LatentTask, generator_loss_terms
+        from vasa_jax.latent.objective import generator_loss_terms
+        from vasa_jax.train.latent_task import LatentTask
         from vasa_jax.train.state import lr_schedule, make_optimizer, update_groups
 
         c = self.config()
@@ -445,7 +446,7 @@ class LatentCase:
         graphdef, *split, rest = nnx.split(model, *task.param_groups.values(), ...)
         params = dict(zip(task.param_groups, split))
         groups = tuple(task.param_groups)
-        txs = {g: make_optimizer(c.optim) for g in groups}  # the trainer's: one per group
+        txs = {g: make_optimizer(c.optim, c.train.steps) for g in groups}  # one per group
         inp = self.inputs(c)
         frames = jnp.asarray(inp["frames"])
 
@@ -463,7 +464,7 @@ class LatentCase:
 
         exchange = {"w/" + k: v for k, v in flax_to_torch(nnx.state(model)).items()}
         exchange.update({"in/" + k: np.asarray(v) for k, v in inp.items()})
-        lrs = lr_schedule(c.optim)
+        lrs = lr_schedule(c.optim, c.train.steps)
         exchange["lr"] = np.array([float(lrs(i)) for i in range(total_steps)], np.float64)
 
         def components(state):
@@ -493,8 +494,8 @@ class LatentCase:
         import numpy as np
         import torch
 
-        from baselines.torch import latent_losses as tl
-        from baselines.torch.face_latent import make_face_latent_model
+        from baselines.torch_baseline import latent_losses as tl
+        from baselines.torch_baseline.face_latent import make_face_latent_model
 
         c = self.config()
         lc = c.loss

@@ -36,9 +36,9 @@ def instrument(kind: str, instruments: str | None, data_dir: str | None, dataset
     """Where ``kind`` is loaded from: the weights shipped in the package (fixed rulers, with
     the held-out accuracy they were shipped with) for res64_small unless ``instruments`` is
     given; else ``instruments/kind``, trained there (its synthtalk64 variant) if missing."""
-    from vasa_jax.eval.capp import SHIPPED_CAPP
-    from vasa_jax.eval.syncnet import SHIPPED_SYNCNET
-    from vasa_jax.eval.synthtalk_probe import SHIPPED_PROBE
+    from vasa_jax.instruments.capp import SHIPPED_CAPP
+    from vasa_jax.instruments.syncnet import SHIPPED_SYNCNET
+    from vasa_jax.instruments.probe import SHIPPED_PROBE
 
     if instruments is None and dataset == "res64_small":
         return {"probe": SHIPPED_PROBE, "syncnet": SHIPPED_SYNCNET, "capp": SHIPPED_CAPP}[kind]

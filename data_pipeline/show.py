@@ -17,7 +17,8 @@ import numpy as np
 from data_pipeline.loader import decode_frame, open_source
 from data_pipeline.synthtalk.motion import EMOTIONS
 from vasa_jax.media.audio import to_float32
-from vasa_jax.media.video_io import atomic_path, write_mp4
+from vasa_jax.atomic import atomic_path
+from vasa_jax.media.video_io import write_mp4
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

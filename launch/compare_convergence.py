@@ -18,20 +18,22 @@ and condition drops, drawn once per step with the trainer's keys ``fold_in(PRNGK
 and per-example ``fold_in(., stream position)``; stage 1 has none: its objective is
 deterministic given the batch), and the same optimiser (ours:
 ``vasa_jax.train.state.make_optimizer``, one per parameter group as the trainer has; torch:
-``baselines.torch.optim.AdamWLikeOptax``, its twin, over the same groups, with weight decay on
-the same tensors). The JAX side runs our loss and optimisers in one jitted step; it does not
-use the EMA or the non-finite guard of the trainer (a non-finite loss stops the run).
+``baselines.torch_baseline.optim.AdamWLikeOptax``, its twin, over the same groups, with weight
+decay on the same tensors). The JAX side runs our loss and optimisers in one jitted step; it
+does not use the EMA or the non-finite guard of the trainer (a non-finite loss stops the run).
 
 Stages:
-  motion  stage 2, MotionDiT: ``denoising_loss``; torch ``baselines/torch/train_motion.py``.
+  motion  stage 2, MotionDiT: ``denoising_loss``; torch
+          ``baselines/torch_baseline/train_motion.py``.
   latent  stage 1, FaceLatentModel and its discriminator: ``LatentTask.grads`` (generator loss
           and, with GAN terms, the discriminator's hinge loss), two optimisers (generator,
-          discriminator; ``LatentTask.param_groups``); torch ``baselines/torch/face_latent.py``
-          and ``latent_losses.stage1_losses``. ``loss`` is the generator's total; ``d_loss``,
-          ``d_real``/``d_fake``, each term (l1, motion_l1, perceptual, g_adv, feature_matching,
-          consist, cross_id), psnr and the per-group gradient norms are logged too. A config
-          without GAN terms still gives the discriminator its zero-gradient (decay-only) update
-          on both sides, as the trainer does.
+          discriminator; ``LatentTask.param_groups``); torch
+          ``baselines/torch_baseline/face_latent.py`` and ``latent_losses.stage1_losses``.
+          ``loss`` is the generator's total; ``d_loss``, ``d_real``/``d_fake``, each term (l1,
+          motion_l1, perceptual, g_adv, feature_matching, consist, cross_id), psnr and the
+          per-group gradient norms are logged too. A config without GAN terms still gives the
+          discriminator its zero-gradient (decay-only) update on both sides, as the trainer
+          does.
 
 Outputs in --out (all moved into place only when the run has finished; a failed run leaves
 nothing there):
@@ -179,16 +181,16 @@ class MotionStage(Stage):
         import optax
         from flax import nnx
 
-        from vasa_jax.train.motion_task import denoising_loss
+        from vasa_jax.motion.objective import denoising_loss
         from vasa_jax.train.state import lr_schedule, make_optimizer
 
         cfg = self.config
         model = self.task.make_model(nnx.Rngs(cfg.seed))  # the trainer's initialisation
         self.task.init_model(model)
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-        self.optimizer = make_optimizer(cfg.optim)
+        self.optimizer = make_optimizer(cfg.optim, cfg.train.steps)
         self.opt_state = self.optimizer.init(self.params)
-        self.lr = lr_schedule(cfg.optim)
+        self.lr = lr_schedule(cfg.optim, cfg.train.steps)
         self.count = 0
         schedule, vw = self.task.schedule, float(cfg.diffusion.velocity_weight)
         graphdef, rest, optimizer = self.graphdef, self.rest, self.optimizer
@@ -205,7 +207,7 @@ class MotionStage(Stage):
 
         self._step = jax.jit(step, donate_argnums=(0, 1))
 
-        from vasa_jax.train.motion_task import draw_randomness
+        from vasa_jax.motion.objective import draw_randomness
 
         window, motion_dim = cfg.model.window, cfg.model.motion_dim
         base_key = jax.random.PRNGKey(cfg.seed)
@@ -260,7 +262,7 @@ class MotionStage(Stage):
         return {k for k, v in flax_to_torch(flags_).items() if v.size and v.flat[0] == 1.0}
 
     def init_torch(self, weights):
-        from baselines.torch.train_motion import MotionTrainer
+        from baselines.torch_baseline.train_motion import MotionTrainer
 
         self.torch = MotionTrainer(self.config, weights, decay_names=self.decay_names())
         got = {n for n, _ in self.torch.model.named_parameters()}
@@ -327,9 +329,9 @@ class LatentStage(Stage):
         self.graphdef = nnx.split(nnx.eval_shape(make), *filters, ...)[0]
         *split, self.rest = jax.jit(lambda: nnx.split(make(), *filters, ...)[1:])()
         self.params = dict(zip(groups, split))
-        self.optimizers = {g: make_optimizer(cfg.optim) for g in groups}  # one per group
+        self.optimizers = {g: make_optimizer(cfg.optim, cfg.train.steps) for g in groups}
         self.opt_state = {g: self.optimizers[g].init(self.params[g]) for g in groups}
-        self.lr = lr_schedule(cfg.optim)
+        self.lr = lr_schedule(cfg.optim, cfg.train.steps)
         self.count = 0
         graphdef, rest, optimizers = self.graphdef, self.rest, self.optimizers
 
@@ -384,9 +386,9 @@ class LatentStage(Stage):
     def init_torch(self, weights):
         import torch
 
-        from baselines.torch import latent_losses as tl
-        from baselines.torch.face_latent import make_face_latent_model
-        from baselines.torch.optim import AdamWLikeOptax
+        from baselines.torch_baseline import latent_losses as tl
+        from baselines.torch_baseline.face_latent import make_face_latent_model
+        from baselines.torch_baseline.optim import AdamWLikeOptax
 
         cfg = self.config
         model = make_face_latent_model(cfg.model)
@@ -405,14 +407,14 @@ class LatentStage(Stage):
         self.torch_groups = {g: [named[n] for n in sorted(names[g])] for g in self.groups}
         self.torch_optimizers = {
             g: AdamWLikeOptax([(n, named[n]) for n in sorted(names[g])], cfg.optim,
-                              decay_names=decay[g]) for g in self.groups}
+                              cfg.train.steps, decay_names=decay[g]) for g in self.groups}
         lc = cfg.loss
         self.vgg = tl.VGG16Features(lc.perceptual_layers) if lc.perceptual else None
 
     def torch_step(self, batch, draws):
         import torch
 
-        from baselines.torch import latent_losses as tl
+        from baselines.torch_baseline import latent_losses as tl
 
         for opt in self.torch_optimizers.values():
             opt.zero_grad()

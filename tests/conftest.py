@@ -81,7 +81,8 @@ def generation_workdirs(stage1_workdir, synthtalk_tiny, tmp_path_factory) -> tup
 
 
 def _train_instrument(kind: str, data_dir: str, workdir: str):
-    """Train ``configs/<kind>.py:test`` on res64_tiny into ``workdir`` (no held-out file yet)."""
+    """Train ``configs/<kind>.py:test`` on res64_tiny into ``workdir`` (no held-out file yet:
+    ``eval.heldout_after_training`` is off, so the tests can check the refusal without it)."""
     import importlib
 
     from vasa_jax.train.tasks import make_task
@@ -89,6 +90,7 @@ def _train_instrument(kind: str, data_dir: str, workdir: str):
 
     c = importlib.import_module(f"configs.{kind}").get_config("test")
     c.data.data_dir = data_dir
+    c.eval.heldout_after_training = False
     result = Trainer(make_task(c), c, workdir).fit()
     return workdir, c, result
 

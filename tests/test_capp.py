@@ -3,20 +3,21 @@ training on res64_tiny, held-out figures and loading."""
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 from flax import nnx
+from instrument_runs import copied_run
 
 from configs.capp import get_config
 from data_pipeline.synthtalk.generate import clip_tracks
-from vasa_jax.eval import capp as cp
-from vasa_jax.train.capp_task import POSE_COLUMNS, info_nce, splice, write_heldout
-from vasa_jax.train.trainer import read_metrics
+from vasa_jax.instruments import capp as cp
+from vasa_jax.instruments.load import load_capp
+from vasa_jax.train.capp_task import POSE_COLUMNS, info_nce, splice
+from vasa_jax.train.heldout import write_heldout
 
 
-def _tiny_model(seed: int = 0) -> cp.CAPP:
+def _tiny_model(seed: int = 0) -> cp.CappNetwork:
     return cp.make_capp(get_config("test"), rngs=nnx.Rngs(seed))
 
 
@@ -101,7 +102,7 @@ def test_splice_keeps_pairs_aligned_and_info_nce_is_low_for_matched_pairs():
 
 def test_load_capp_without_a_run_names_the_training_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/capp.py:synthtalk64"):
-        cp.load_capp(str(tmp_path / "nothing"))
+        load_capp(str(tmp_path / "nothing"))
 
 
 def _fresh_clips(capp: cp.Capp, n: int, num_frames: int):
@@ -116,24 +117,22 @@ def _fresh_clips(capp: cp.Capp, n: int, num_frames: int):
 
 @pytest.mark.slow
 def test_train_then_heldout_then_load(capp_run, tmp_path):
-    src, c, result = capp_run  # trained once per session (conftest)
-    wd = str(tmp_path / "capp")
-    shutil.copytree(src, wd)  # this test writes the held-out file into its own copy
-    assert {"eval/top1", "eval/matched", "eval/shuffled"} <= set(result)
-    losses = [r["loss"] for r in read_metrics(wd) if "loss" in r]
+    wd, c, rows = copied_run(capp_run, tmp_path, "capp",
+                             {"eval/top1", "eval/matched", "eval/shuffled"})
+    losses = [r["loss"] for r in rows]
     assert len(losses) == c.train.steps // c.train.log_every
     assert losses[-1] < losses[0], losses
 
     # Without the held-out json CAPP refuses to load (its own figures must be reported).
     with pytest.raises(FileNotFoundError, match="write_heldout"):
-        cp.load_capp(wd)
+        load_capp(wd)
     metrics = write_heldout(wd, c)
     assert metrics["split"] == "test" and metrics["num_clips"] == 2
     assert metrics["num_pairs"] == 2 * 6  # 12-frame windows at 0, 3, .., 12 and 13 of 25 frames
     assert metrics["matched_mean"] > metrics["shuffled_mean"], metrics
     with open(os.path.join(wd, cp.HELDOUT_FILE)) as f:
         assert json.load(f)["num_pairs"] == metrics["num_pairs"]
-    capp = cp.load_capp(wd)
+    capp = load_capp(wd)
     assert capp.heldout["matched_mean"] == pytest.approx(metrics["matched_mean"])
 
     # On clips of identities never seen in training, matched pairs score above shuffled audio,

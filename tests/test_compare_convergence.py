@@ -1,7 +1,7 @@
 """``launch/compare_convergence.py`` and its library pieces: the curve math and log readers
-(``vasa_jax.eval.convergence``), the torch twin of our optimiser (``baselines/torch/optim.py``),
-and end-to-end runs of the script on the motion and latent ``test`` configs over SynthTalk
-``res64_tiny``.
+(``vasa_jax.eval.convergence``), the torch twin of our optimiser
+(``baselines/torch_baseline/optim.py``), and end-to-end runs of the script on the motion and
+latent ``test`` configs over SynthTalk ``res64_tiny``.
 """
 
 from __future__ import annotations
@@ -205,15 +205,17 @@ def _optim_cfg(**kw):
 
 
 def test_lr_schedule_matches_optax():
-    from baselines.torch.optim import warmup_cosine_lr
+    from baselines.torch_baseline.optim import warmup_cosine_lr
     from vasa_jax.train.state import lr_schedule
 
+    total = 12  # the run's length: the decay's when decay_steps is 0
     for cfg in (_optim_cfg(), _optim_cfg(warmup_steps=0, decay_steps=7),
-                _optim_cfg(warmup_steps=20, decay_steps=20, end_lr_factor=0.0)):
-        ours = lr_schedule(cfg)
+                _optim_cfg(warmup_steps=20, decay_steps=20, end_lr_factor=0.0),
+                _optim_cfg(decay_steps=0)):
+        ours = lr_schedule(cfg, total)
         for step in range(15):
-            assert warmup_cosine_lr(step, cfg) == pytest.approx(float(ours(step)), rel=1e-6,
-                                                                 abs=1e-12), (cfg, step)
+            assert warmup_cosine_lr(step, cfg, total) == pytest.approx(
+                float(ours(step)), rel=1e-6, abs=1e-12), (cfg, step)
 
 
 def test_torch_optimizer_matches_optax_chain():
@@ -224,7 +226,7 @@ def test_torch_optimizer_matches_optax_chain():
     import optax
     import torch
 
-    from baselines.torch.optim import AdamWLikeOptax
+    from baselines.torch_baseline.optim import AdamWLikeOptax
     from vasa_jax.train.state import make_optimizer
 
     cfg = _optim_cfg()
@@ -233,10 +235,10 @@ def test_torch_optimizer_matches_optax_chain():
             "t": rng.normal(size=(2, 3, 2))}
     init = {k: v.astype(np.float32) for k, v in init.items()}
     params = {k: jnp.asarray(v) for k, v in init.items()}
-    opt = make_optimizer(cfg)
+    opt = make_optimizer(cfg, 100)  # decays over cfg.decay_steps (10), not the run's 100
     state = opt.init(params)
     tparams = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in init.items()}
-    topt = AdamWLikeOptax(tparams.items(), cfg)
+    topt = AdamWLikeOptax(tparams.items(), cfg, 100)
     assert topt.decay_names == {"w", "t"}
     for step in range(13):
         scale = 3.0 if step % 2 else 0.05  # clipped / not clipped
@@ -375,7 +377,7 @@ def test_draws_match_the_trainer(script, synthtalk_tiny):
     model = nnx.merge(stage.graphdef, stage.params, stage.rest)
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)  # Trainer._step's key
     want, _ = stage.task.loss(model, batch, key)
-    from vasa_jax.train.motion_task import denoising_loss
+    from vasa_jax.motion.objective import denoising_loss
 
     t, noise, drops = stage._split_draws(draws)
     got, _ = denoising_loss(model, stage.task.schedule, batch, t, noise, drops,

@@ -9,7 +9,9 @@ from flax import nnx
 from configs.latent import get_config
 from data_pipeline.loader import make_loader
 from vasa_jax.latent import cross_render
-from vasa_jax.train.latent_task import LatentTask, generator_loss_terms, pair_loader_config
+from data_pipeline.views import pair_loader_config
+from vasa_jax.latent.objective import generator_loss_terms
+from vasa_jax.train.latent_task import LatentTask
 
 
 def _config(data_dir, **loss):

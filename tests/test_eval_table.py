@@ -137,13 +137,14 @@ def test_markdown_leaves_out_empty_columns_and_json_has_no_nan(tmp_path):
 
 def _with_heldout(run, tmp_path, kind):
     """A copy of a session-trained instrument workdir with its held-out file written."""
-    import importlib
     import shutil
+
+    from vasa_jax.train.heldout import write_heldout
 
     src, config, _ = run
     wd = str(tmp_path / kind)
     shutil.copytree(src, wd)
-    importlib.import_module(f"vasa_jax.train.{kind}_task").write_heldout(wd, config)
+    write_heldout(wd, config)
     return wd
 
 

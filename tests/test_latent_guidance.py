@@ -16,7 +16,8 @@ from data_pipeline.synthtalk.motion import FIELD, MOTION_DIM
 from vasa_jax.latent import guidance, warp
 from vasa_jax.latent.generator import G2D
 from vasa_jax.latent.model import FaceLatentModel, _coords_at
-from vasa_jax.train.latent_task import LatentTask, generator_loss_terms, needs_labels
+from vasa_jax.latent.objective import generator_loss_terms, needs_labels
+from vasa_jax.train.latent_task import LatentTask
 
 
 def _motion(n, seed=0):
@@ -305,7 +306,7 @@ def test_estimator_source_reads_motion_with_a_frozen_trained_probe(probe_run, sy
     untouched while the decoder learns. Without a workdir the error names the fix."""
     from trainer_configs import make_test_config
 
-    from vasa_jax.eval.synthtalk_probe import restore_probe
+    from vasa_jax.instruments.load import restore_probe
     from vasa_jax.train.trainer import Trainer
 
     probe_dir, probe_cfg, _ = probe_run

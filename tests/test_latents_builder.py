@@ -13,7 +13,7 @@ from vasa_jax.latent.model import to_unit
 from vasa_jax.latent.warp import POSE_FIELDS
 from vasa_jax.motion.audio import make_frontend
 from vasa_jax.train.motion_task import MotionTask
-from vasa_jax.train.restore import host_model, load_trainer
+from vasa_jax.models import restore_model
 from vasa_jax.train.trainer import Trainer
 
 SPLITS = ("train", "validation", "test")
@@ -49,8 +49,8 @@ def test_build_read_back_and_train_stage2(stage1, synthtalk_tiny, tmp_path):
     assert default.audio == {"frontend": "mel", "n_mels": 40, "hops_per_frame": 4,
                              "n_fft": 512, "win_length": 400}  # configs/motion.py's default
 
-    trainer, step = load_trainer(stage1)
-    model = host_model(trainer)
+    run = restore_model(stage1)
+    model, step = run.model, run.step
     dyn_dim = model.dyn_dim
     frontend = make_frontend("mel", n_mels=8, hops_per_frame=4)
     for split in SPLITS:

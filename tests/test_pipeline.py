@@ -14,7 +14,7 @@ from model_helpers import perturbed
 from vasa_jax.media.errors import InputError
 from vasa_jax.motion import diffusion
 from vasa_jax.pipeline import Controls, TalkingFacePipeline
-from vasa_jax.train.motion_task import frontend_from_config
+from vasa_jax.motion.audio import frontend_from_config
 
 CONTROLS = Controls(gaze=(0.1, -0.1), emotion=1, steps=3, cfg=(("audio", 0.5), ("gaze", 1.0)))
 
@@ -29,7 +29,7 @@ def pipe():
     latent = make_face_latent_model(lc.model, rngs=nnx.Rngs(0))
     motion = perturbed(make_motion_dit(mc.model, rngs=nnx.Rngs(1)), seed=2, scale=0.05)
     return TalkingFacePipeline(latent, motion, schedule=diffusion.make_schedule("cosine", 100),
-                               frontend=frontend_from_config(mc), max_seconds=10.0)
+                               frontend=frontend_from_config(mc.audio), max_seconds=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_motion_width_mismatch_names_the_fix():
     motion = make_motion_dit(mc.model, rngs=nnx.Rngs(1))  # 12-d ground-truth motion
     with pytest.raises(ValueError, match="latents"):
         TalkingFacePipeline(latent, motion, schedule=diffusion.make_schedule("cosine", 100),
-                            frontend=frontend_from_config(mc))
+                            frontend=frontend_from_config(mc.audio))
 
 
 def test_source_from_photo_with_face_detection(pipe, tmp_path):

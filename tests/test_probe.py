@@ -3,20 +3,20 @@
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
 from flax import nnx
+from instrument_runs import copied_run
 
 from data_pipeline.synthtalk.motion import MOTION_FIELDS
-from vasa_jax.eval import synthtalk_probe as sp
-from vasa_jax.train.probe_task import write_heldout
-from vasa_jax.train.trainer import read_metrics
+from vasa_jax.instruments import probe as sp
+from vasa_jax.instruments.load import load_probe
+from vasa_jax.train.heldout import write_heldout
 
 
 def test_probe_shapes_on_uint8_and_float_frames():
-    probe = sp.SynthTalkProbe((8, 16, 16, 16), head=16, rngs=nnx.Rngs(0))
+    probe = sp.ProbeNetwork((8, 16, 16, 16), head=16, rngs=nnx.Rngs(0))
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     motion, logits = probe(frames)
     assert motion.shape == (2, 12) and logits.shape == (2, 4)
@@ -34,7 +34,7 @@ def test_probe_shapes_on_uint8_and_float_frames():
 
 def test_load_probe_without_a_checkpoint_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/probe.py:synthtalk64"):
-        sp.load_probe(str(tmp_path / "nothing"))
+        load_probe(str(tmp_path / "nothing"))
 
 
 def test_pearson_is_nan_for_a_constant_ground_truth():
@@ -43,24 +43,22 @@ def test_pearson_is_nan_for_a_constant_ground_truth():
 
 
 def test_train_then_heldout_then_load(probe_run, tmp_path):
-    src, c, result = probe_run  # trained once per session (conftest)
-    wd = str(tmp_path / "probe")
-    shutil.copytree(src, wd)  # this test writes the held-out file into its own copy
-    assert {"eval/jaw_open_r", "eval/yaw_r", "eval/emotion_accuracy"} <= set(result)
-    losses = [r["loss"] for r in read_metrics(wd) if "loss" in r]
+    wd, c, rows = copied_run(probe_run, tmp_path, "probe",
+                             {"eval/jaw_open_r", "eval/yaw_r", "eval/emotion_accuracy"})
+    losses = [r["loss"] for r in rows]
     assert len(losses) == c.train.steps
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < 0.85 * first, (first, last)
 
     # Without the held-out json the probe refuses to load (its accuracy must be reported).
     with pytest.raises(FileNotFoundError, match="write_heldout"):
-        sp.load_probe(wd)
+        load_probe(wd)
     metrics = write_heldout(wd, c)
     assert metrics["num_frames"] == 2 * 25 and metrics["split"] == "test"
     with open(os.path.join(wd, sp.HELDOUT_FILE)) as f:
         json.load(f)  # valid JSON (NaN written as null)
 
-    probe = sp.load_probe(wd)
+    probe = load_probe(wd)
     keys = ({f"r/{f}" for f in MOTION_FIELDS} | {f"mae/{f}" for f in MOTION_FIELDS}
             | {"emotion_accuracy", "num_frames"})
     assert keys <= set(probe.heldout)

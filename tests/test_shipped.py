@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from vasa_jax import shipped
-from vasa_jax.eval.synthtalk_probe import (SHIPPED_ESTIMATOR, SHIPPED_PROBE, load_probe,
-                                           make_probe, restore_probe)
+from vasa_jax.instruments.load import load_probe, restore_probe
+from vasa_jax.instruments.probe import SHIPPED_ESTIMATOR, SHIPPED_PROBE
 
 
 def test_a_trained_probe_round_trips_and_corruption_is_caught(probe_run, tmp_path):
@@ -22,15 +22,13 @@ def test_a_trained_probe_round_trips_and_corruption_is_caught(probe_run, tmp_pat
     assets = str(tmp_path / "assets")
     npz, meta = shipped.ship("tiny", model, kind="probe", config=config, step=probe.step,
                              heldout=heldout, command="pytest", assets=assets)
-    back, rec = shipped.load("package:tiny", lambda c: make_probe(c.model, rngs=nnx.Rngs(1)),
-                             assets=assets)
+    back, rec = shipped.load("package:tiny", assets=assets)
     frames = np.random.RandomState(0).randint(0, 255, (3, 64, 64, 3)).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(back(frames)[0]), np.asarray(model(frames)[0]))
     assert rec["step"] == probe.step and rec["heldout"]["r/jaw_open"] == 0.5
     assert math.isnan(rec["heldout"]["r/blink"])
     with pytest.raises(FileNotFoundError, match="package:tiny"):
-        shipped.load("package:other", lambda c: make_probe(c.model, rngs=nnx.Rngs(1)),
-                     assets=assets)
+        shipped.load("package:other", assets=assets)
     data = dict(np.load(npz))
     key = next(iter(data))
     data[key] = data[key] + 1.0
@@ -38,8 +36,7 @@ def test_a_trained_probe_round_trips_and_corruption_is_caught(probe_run, tmp_pat
     with open(npz, "wb") as f:
         np.savez(f, **data)
     with pytest.raises(ValueError, match="checksum"):
-        shipped.load("package:tiny", lambda c: make_probe(c.model, rngs=nnx.Rngs(1)),
-                     assets=assets)
+        shipped.load("package:tiny", assets=assets)
 
 
 def test_the_package_ships_the_probe_and_the_estimator():
@@ -56,7 +53,7 @@ def test_the_package_ships_the_probe_and_the_estimator():
 
 def test_ship_cli_needs_the_heldout_file_then_ships(probe_run, tmp_path, capsys):
     from vasa_jax import cli
-    from vasa_jax.train.probe_task import write_heldout
+    from vasa_jax.train.heldout import write_heldout
 
     workdir = str(tmp_path / "probe")
     shutil.copytree(probe_run[0], workdir)
@@ -66,8 +63,7 @@ def test_ship_cli_needs_the_heldout_file_then_ships(probe_run, tmp_path, capsys)
     assert "write_heldout" in capsys.readouterr().err
     write_heldout(workdir, max_clips=2)
     assert cli.main(argv) == 0
-    probe = shipped.load("package:mine", lambda c: make_probe(c.model, rngs=nnx.Rngs(0)),
-                         assets=assets)[1]
+    probe = shipped.load("package:mine", assets=assets)[1]
     assert probe["kind"] == "probe" and "r/jaw_open" in probe["heldout"]
     assert f"--workdir {workdir}" in probe["command"]
 
@@ -77,8 +73,9 @@ def test_the_package_ships_syncnet_and_capp(synthtalk_tiny):
     the held-out accuracy they were shipped with, and SyncNet finds a SynthTalk clip in sync
     with its own speech and not with another clip's."""
     from data_pipeline.loader import decode_frame, open_source
-    from vasa_jax.eval.capp import SHIPPED_CAPP, load_capp
-    from vasa_jax.eval.syncnet import SHIPPED_SYNCNET, load_syncnet, sync_scores
+    from vasa_jax.instruments.capp import SHIPPED_CAPP
+    from vasa_jax.instruments.load import load_capp, load_syncnet
+    from vasa_jax.instruments.syncnet import SHIPPED_SYNCNET, sync_scores
     from vasa_jax.media.audio import to_float32
 
     net, capp = load_syncnet(SHIPPED_SYNCNET), load_capp(SHIPPED_CAPP)

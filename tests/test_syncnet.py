@@ -3,16 +3,17 @@ LSE-C / LSE-D arithmetic, and real training on res64_tiny with held-out metrics 
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
+from instrument_runs import copied_run
 
-from vasa_jax.eval import mfcc as mfcc_lib
-from vasa_jax.eval import syncnet as sn
-from vasa_jax.eval import syncnet_convert
+from vasa_jax.instruments import mfcc as mfcc_lib
+from vasa_jax.instruments import syncnet as sn
+from vasa_jax.instruments import syncnet_convert
+from vasa_jax.instruments.load import load_syncnet
 
 
 # -- MFCC ------------------------------------------------------------------------------------------
@@ -236,19 +237,15 @@ def test_sync_scores_end_to_end_delay_and_shuffle():
 
 def test_load_syncnet_without_a_checkpoint_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/syncnet.py:synthtalk64"):
-        sn.load_syncnet(str(tmp_path / "nothing"))
+        load_syncnet(str(tmp_path / "nothing"))
 
 
 @pytest.mark.slow
 def test_train_then_heldout_then_load(syncnet_run, tmp_path):
-    from vasa_jax.train.syncnet_task import write_heldout
-    from vasa_jax.train.trainer import read_metrics
+    from vasa_jax.train.heldout import write_heldout
 
-    src, c, result = syncnet_run  # trained once per session (conftest)
-    wd = str(tmp_path / "syncnet")
-    shutil.copytree(src, wd)  # this test writes the held-out file into its own copy
-    assert {"eval/offset_accuracy", "eval/lse_c", "eval/lse_d"} <= set(result)
-    rows = [r for r in read_metrics(wd) if "loss" in r]
+    wd, c, rows = copied_run(syncnet_run, tmp_path, "syncnet",
+                             {"eval/offset_accuracy", "eval/lse_c", "eval/lse_d"})
     assert len(rows) == c.train.steps
     first, last = np.mean([r["loss"] for r in rows[:10]]), np.mean([r["loss"] for r in rows[-10:]])
     assert last < 0.75 * first, (first, last)
@@ -258,12 +255,12 @@ def test_train_then_heldout_then_load(syncnet_run, tmp_path):
     assert np.mean([r["shift_acc"] for r in rows[-20:]]) > 1.5 / k
 
     with pytest.raises(FileNotFoundError, match="write_heldout"):
-        sn.load_syncnet(wd)  # held-out metrics and BatchNorm statistics must exist first
+        load_syncnet(wd)  # held-out metrics and BatchNorm statistics must exist first
     metrics = write_heldout(wd, c)
     assert metrics["split"] == "test" and metrics["num_clips"] == 2
     with open(os.path.join(wd, sn.HELDOUT_FILE)) as f:
         json.load(f)
-    net = sn.load_syncnet(wd)
+    net = load_syncnet(wd)
     assert {"offset_accuracy", "lse_c", "lse_d", "shuffled/lse_c", "window_offset_accuracy",
             "sync_auc", "chance_offset_accuracy"} <= set(net.heldout)
     # res64_tiny holds 8 training clips of 1 s and 2 held-out ones: far too little to generalise
@@ -287,10 +284,10 @@ def test_instruments_build_in_a_fresh_interpreter_without_a_mesh():
     import sys
 
     code = ("from flax import nnx\n"
-            "from vasa_jax.eval import syncnet\n"
+            "from vasa_jax.instruments import syncnet\n"
             "m = nnx.eval_shape(lambda: syncnet.make_syncnet(size='small', rngs=nnx.Rngs(0)))\n"
             "print('built', type(m).__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "built SyncNetModel" in out.stdout
+    assert "built SyncNetNetwork" in out.stdout

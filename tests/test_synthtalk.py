@@ -6,7 +6,7 @@ import pytest
 
 from data_pipeline.synthtalk import generate, motion as motion_lib, phones as ph
 from data_pipeline.synthtalk.motion import FIELD, MOTION_DIM
-from synthtalk_probe import dark_mouth_pixels
+from mouth_pixels import dark_mouth_pixels
 from vasa_jax.constants import SAMPLES_PER_FRAME
 
 T = 75

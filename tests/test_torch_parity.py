@@ -1,5 +1,5 @@
 """Parity of stage 2 (MotionDiT + its diffusion loss) with the PyTorch baseline
-(``baselines/torch``), through the weight converters in ``vasa_jax.interop.motion_dit``.
+(``baselines/torch_baseline``), through the weight converters in ``vasa_jax.interop.motion_dit``.
 
 Two tiers:
 - fast (no torch import): our JAX model, loaded with the weights stored in
@@ -20,6 +20,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import parity_checks as checks
 import pytest
 from flax import nnx
 
@@ -32,7 +33,7 @@ from vasa_jax.interop import files  # noqa: E402
 from vasa_jax.interop import motion_dit as conv  # noqa: E402
 from vasa_jax.motion import diffusion  # noqa: E402
 from vasa_jax.motion.dit import make_motion_dit  # noqa: E402
-from vasa_jax.train.motion_task import denoising_loss, window_conditions  # noqa: E402
+from vasa_jax.motion.objective import denoising_loss, window_conditions  # noqa: E402
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden",
                       "motion_dit_parity.npz")
@@ -111,8 +112,8 @@ def jax_model(cfg, weights: dict[str, np.ndarray]):
 def torch_outputs(cfg, weights, inp) -> dict[str, np.ndarray]:
     import torch
 
-    from baselines.torch import diffusion as tdiff
-    from baselines.torch.motion_dit import make_motion_dit as make_torch
+    from baselines.torch_baseline import diffusion as tdiff
+    from baselines.torch_baseline.motion_dit import make_motion_dit as make_torch
 
     model = make_torch(cfg.model)
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
@@ -190,23 +191,13 @@ def test_conversion_round_trip_and_errors(tmp_path):
     files.save_safetensors(path, sd)
     back = conv.torch_to_flax(files.load_safetensors(path),
                               make_motion_dit(cfg.model, rngs=nnx.Rngs(7)))
-    a, b = nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(back))
-    assert [p for p, _ in a] == [p for p, _ in b]
-    for (p, va), (_, vb) in zip(a, b):
-        np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()),
-                                      err_msg=str(p))
+    checks.assert_same_variables(model, back)
     assert type(dict(nnx.to_flat_state(nnx.state(back)))[("motion_mean",)]).__name__ == "Stat"
 
-    fresh = lambda: make_motion_dit(cfg.model, rngs=nnx.Rngs(0))  # noqa: E731
-    missing = dict(sd)
-    del missing["blocks.1.attn.q.weight"]
-    with pytest.raises(ValueError, match=r"missing.*blocks\.1\.attn\.q\.weight"):
-        conv.torch_to_flax(missing, fresh())
-    with pytest.raises(ValueError, match=r"unexpected.*extra\.bias"):
-        conv.torch_to_flax({**sd, "extra.bias": np.zeros(3)}, fresh())
-    bad = {**sd, "out.weight": sd["out.weight"].T}
-    with pytest.raises(ValueError, match=r"mis-shaped.*out\.weight"):
-        conv.torch_to_flax(bad, fresh())
+    checks.assert_bad_state_dicts_named(
+        conv, sd, lambda: make_motion_dit(cfg.model, rngs=nnx.Rngs(0)),
+        drop="blocks.1.attn.q.weight", missing_match=r"missing.*blocks\.1\.attn\.q\.weight",
+        reshaped={"out.weight": sd["out.weight"].T}, misshaped_match=r"mis-shaped.*out\.weight")
 
 
 # -- live tier (torch) -------------------------------------------------------------------------
@@ -228,24 +219,17 @@ def test_live_parity_with_torch(variant):
 
 def test_torch_checkpoint_files(tmp_path):
     torch = pytest.importorskip("torch")
-    from baselines.torch.motion_dit import make_motion_dit as make_torch
+    from baselines.torch_baseline.motion_dit import make_motion_dit as make_torch
 
     cfg = motion_configs.get_config("test")
-    tmodel = make_torch(cfg.model)
-    with torch.no_grad():
-        for p in tmodel.parameters():
-            p.normal_()
+    tmodel = checks.random_torch_model(make_torch, cfg.model)
     m, a = cfg.model.motion_dim, cfg.model.audio_dim
     tmodel.set_stats(np.full(m, 0.5), np.full(m, 2.0), np.linspace(-1, 1, a), np.full(a, 3.0))
     path = tmp_path / "m.pt"
     torch.save(tmodel.state_dict(), path)
     model = conv.torch_to_flax(files.load_torch_checkpoint(path),
                                make_motion_dit(cfg.model, rngs=nnx.Rngs(0)))
-    back = conv.flax_to_torch(nnx.state(model))
-    for name, value in tmodel.state_dict().items():
-        np.testing.assert_array_equal(back[name], value.numpy(), err_msg=name)
-    # torch -> flax -> torch is exact too; so is loading into torch with strict names.
-    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in back.items()}, strict=True)
+    checks.assert_back_to_torch(conv, model, tmodel)
 
 
 # -- golden file -------------------------------------------------------------------------------
@@ -261,10 +245,7 @@ def write_golden(variant: str = "test") -> None:
     arrays.update({"w/" + k: v for k, v in weights.items()})
     arrays.update({"in/" + k: v for k, v in inputs.items()})
     arrays.update({"out/" + k: v for k, v in expected.items()})
-    tmp = GOLDEN + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, GOLDEN)
-    print(f"wrote {GOLDEN} ({os.path.getsize(GOLDEN)} bytes)")
+    checks.save_golden(GOLDEN, arrays)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Parity of stage 1 (FaceLatentModel, its losses and the two players' training losses) with the
-PyTorch baseline (``baselines/torch/face_latent.py``, ``baselines/torch/latent_losses.py``),
-through the weight converters in ``vasa_jax.interop.face_latent``.
+PyTorch baseline (``baselines/torch_baseline/face_latent.py``,
+``baselines/torch_baseline/latent_losses.py``), through the weight converters in
+``vasa_jax.interop.face_latent``.
 
 Per module (appearance and motion encoders, both warp generators, both warps with their grid
 sampling, G3D, projection, G2D, the multi-scale discriminator): forward outputs within 1e-5 and
@@ -34,6 +35,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import parity_checks as checks
 import pytest
 from flax import nnx
 
@@ -46,8 +48,9 @@ from vasa_jax.interop import face_latent as conv  # noqa: E402
 from vasa_jax.interop import files  # noqa: E402
 from vasa_jax.latent import warp  # noqa: E402
 from vasa_jax.latent.model import FaceLatentModel  # noqa: E402
-from vasa_jax.train.latent_task import (DISCRIMINATOR, discriminator_loss,  # noqa: E402
-                                        generator_loss_terms, uses_discriminator)
+from vasa_jax.latent.objective import (discriminator_loss, generator_loss_terms,  # noqa: E402
+                                       uses_discriminator)
+from vasa_jax.models import DISCRIMINATOR  # noqa: E402
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden",
                       "face_latent_parity.npz")
@@ -85,53 +88,41 @@ def _layout(a, kind, table):
 
 
 # -- modules -----------------------------------------------------------------------------------
-# name: (inputs [(key, kind)], output kinds, jax fn(model, inputs), torch fn(model, inputs)).
-# Every fn returns a flat tuple of outputs.
+# name: (inputs [(key, kind)], output kinds, fn(model, inputs)): fn calls the module the same way
+# on our model and on the torch one, but for the two warps, module functions in each framework
+# (``_torch_fn``). Every fn returns a flat tuple of outputs.
 
 def _disc_flat(outs):
     return tuple(x for feats, logits in outs for x in list(feats) + [logits])
 
 
 MODULES = {
-    "appearance": ([("image", "img")], ("vol", "vec"),
-                   lambda m, x: m.appearance(x["image"]),
-                   lambda m, x: m.appearance(x["image"])),
-    "motion": ([("image", "img")], ("vec", "vec"),
-               lambda m, x: m.motion(x["image"]),
-               lambda m, x: m.motion(x["image"])),
+    "appearance": ([("image", "img")], ("vol", "vec"), lambda m, x: m.appearance(x["image"])),
+    "motion": ([("image", "img")], ("vec", "vec"), lambda m, x: m.motion(x["image"])),
     "warp_to_canonical": ([("cond", "vec")], ("flow",),
-                          lambda m, x: (m.warp_to_canonical(x["cond"]),),
                           lambda m, x: (m.warp_to_canonical(x["cond"]),)),
     "warp_from_canonical": ([("cond", "vec")], ("flow",),
-                            lambda m, x: (m.warp_from_canonical(x["cond"]),),
                             lambda m, x: (m.warp_from_canonical(x["cond"]),)),
     "warp_to": ([("volume", "vol"), ("pose", "vec"), ("flow", "flow")], ("vol",),
-                lambda m, x: (warp.warp_to_canonical(x["volume"], x["pose"], x["flow"]),),
-                None),
+                lambda m, x: (warp.warp_to_canonical(x["volume"], x["pose"], x["flow"]),)),
     "warp_from": ([("volume", "vol"), ("pose", "vec"), ("flow", "flow")], ("vol",),
-                  lambda m, x: (warp.warp_from_canonical(x["volume"], x["pose"], x["flow"]),),
-                  None),
+                  lambda m, x: (warp.warp_from_canonical(x["volume"], x["pose"], x["flow"]),)),
     "g3d": ([("volume", "vol"), ("dyn", "vec")], ("vol",),
-            lambda m, x: (m.g3d(x["volume"], x["dyn"]),),
             lambda m, x: (m.g3d(x["volume"], x["dyn"]),)),
-    "projection": ([("g3d_out", "vol")], ("img",),
-                   lambda m, x: (m.projection(x["g3d_out"]),),
-                   lambda m, x: (m.projection(x["g3d_out"]),)),
-    "g2d": ([("g2d_in", "img")], ("img",),
-            lambda m, x: (m.g2d(x["g2d_in"]),),
-            lambda m, x: (m.g2d(x["g2d_in"]),)),
+    "projection": ([("g3d_out", "vol")], ("img",), lambda m, x: (m.projection(x["g3d_out"]),)),
+    "g2d": ([("g2d_in", "img")], ("img",), lambda m, x: (m.g2d(x["g2d_in"]),)),
     "discriminator": ([("image", "img")], None,
-                      lambda m, x: _disc_flat(m.discriminator(x["image"])),
                       lambda m, x: _disc_flat(m.discriminator(x["image"]))),
 }
 
 
 def _torch_fn(name):
-    from baselines.torch import face_latent as tfl
+    """fn(torch model, inputs) of module ``name``: ``MODULES``'s, or for the two warps the
+    baseline's own warp functions."""
+    from baselines.torch_baseline import face_latent as tfl
 
-    fn = MODULES[name][3]
-    if fn is not None:
-        return fn
+    if name not in ("warp_to", "warp_from"):
+        return MODULES[name][2]
     w = tfl.warp_to_canonical if name == "warp_to" else tfl.warp_from_canonical
     return lambda m, x: (w(x["volume"], x["pose"], x["flow"]),)
 
@@ -315,7 +306,7 @@ def _enabled_terms(lc):
 def torch_model(cfg, weights):
     import torch
 
-    from baselines.torch.face_latent import make_face_latent_model
+    from baselines.torch_baseline.face_latent import make_face_latent_model
 
     tm = make_face_latent_model(cfg.model)
     tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()},
@@ -331,7 +322,7 @@ def sampling_margin(tm, inp, loss_cfgs) -> float:
     gradient) do not count."""
     import torch
 
-    from baselines.torch import face_latent as tfl
+    from baselines.torch_baseline import face_latent as tfl
 
     _, d, h, w = tm.volume_shape
     grid = tfl.identity_grid(d, h, w)
@@ -371,7 +362,7 @@ def torch_module_outputs(tm, inp, cts, names=tuple(MODULES)) -> dict[str, np.nda
 
     out = {}
     for name in names:
-        in_spec, kinds, _, _ = MODULES[name]
+        in_spec, kinds, _ = MODULES[name]
         xs = {k: _layout(torch.from_numpy(np.array(inp[k])), kind, TO_TORCH).requires_grad_(True)
               for k, kind in in_spec}
         outs = _torch_fn(name)(tm, xs)
@@ -397,7 +388,7 @@ def torch_loss_outputs(tm, loss_cfg, frames, term_grads: bool = True) -> dict[st
     ``generator_loss_terms``, the training gradients of both players from ``stage1_losses``."""
     import torch
 
-    from baselines.torch import latent_losses as tl
+    from baselines.torch_baseline import latent_losses as tl
 
     vgg = tl.VGG16Features(loss_cfg.perceptual_layers)
     frames = torch.from_numpy(np.array(frames))
@@ -579,24 +570,14 @@ def test_conversion_round_trip_and_errors(tmp_path):
     path = tmp_path / "w.safetensors"
     files.save_safetensors(path, sd, metadata={"config": "test"})
     back = conv.torch_to_flax(files.load_weights(path), abstract_model(cfg))
-    a, b = nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(back))
-    assert [p for p, _ in a] == [p for p, _ in b]
-    for (p, va), (_, vb) in zip(a, b):
-        np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()),
-                                      err_msg=str(p))
+    checks.assert_same_variables(model, back)
 
-    fresh = lambda: abstract_model(cfg)  # noqa: E731
-    missing = dict(sd)
-    del missing["g3d.up.0.conv1.weight"]
-    with pytest.raises(ValueError, match=r"FaceLatentModel.*missing.*g3d\.up\.0\.conv1\.weight"):
-        conv.torch_to_flax(missing, fresh())
-    with pytest.raises(ValueError, match=r"unexpected.*extra\.bias"):
-        conv.torch_to_flax({**sd, "extra.bias": np.zeros(3)}, fresh())
-    w = sd["appearance.stem.weight"]
-    bad = {**sd, "appearance.stem.weight": w.transpose(1, 0, 2, 3)}
-    with pytest.raises(ValueError, match=r"mis-shaped.*appearance\.stem\.weight: got "
-                                         r"\(12, 8, 3, 3\), expected \(8, 12, 3, 3\)"):
-        conv.torch_to_flax(bad, fresh())
+    checks.assert_bad_state_dicts_named(
+        conv, sd, lambda: abstract_model(cfg), drop="g3d.up.0.conv1.weight",
+        missing_match=r"FaceLatentModel.*missing.*g3d\.up\.0\.conv1\.weight",
+        reshaped={"appearance.stem.weight": sd["appearance.stem.weight"].transpose(1, 0, 2, 3)},
+        misshaped_match=(r"mis-shaped.*appearance\.stem\.weight: got "
+                         r"\(12, 8, 3, 3\), expected \(8, 12, 3, 3\)"))
     with pytest.raises(FileNotFoundError):
         files.load_weights(tmp_path / "none.safetensors")
     with pytest.raises(ValueError, match="Unknown weight file type"):
@@ -628,7 +609,7 @@ def live_case(variant: str):
 @pytest.mark.parametrize("variant", ["test", "synthtalk64"])
 def test_live_parity_with_torch(variant):
     torch = pytest.importorskip("torch")
-    from baselines.torch.latent_losses import stage1_losses
+    from baselines.torch_baseline.latent_losses import stage1_losses
 
     jax.config.update("jax_default_matmul_precision", "highest")
     cfg, _, inputs, tm, model, cts, lc = live_case(variant)
@@ -656,13 +637,10 @@ def test_live_parity_with_torch(variant):
 
 def test_torch_checkpoint_files(tmp_path):
     torch = pytest.importorskip("torch")
-    from baselines.torch.face_latent import make_face_latent_model
+    from baselines.torch_baseline.face_latent import make_face_latent_model
 
     cfg = latent_configs.get_config("test")
-    tmodel = make_face_latent_model(cfg.model)
-    with torch.no_grad():
-        for p in tmodel.parameters():
-            p.normal_()
+    tmodel = checks.random_torch_model(make_face_latent_model, cfg.model)
     path = tmp_path / "m.pt"
     torch.save({"state_dict": tmodel.state_dict()}, path)
     loaded = []
@@ -678,10 +656,7 @@ def test_torch_checkpoint_files(tmp_path):
     finally:
         torch.load = real_load
     assert loaded == [True]
-    back = conv.flax_to_torch(nnx.state(model))
-    for name, value in tmodel.state_dict().items():
-        np.testing.assert_array_equal(back[name], value.numpy(), err_msg=name)
-    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in back.items()}, strict=True)
+    checks.assert_back_to_torch(conv, model, tmodel)
 
     # A pickle that would run code is refused by weights_only loading.
     evil = tmp_path / "evil.pt"
@@ -708,10 +683,7 @@ def write_golden(variant: str = "test") -> None:
               "check/weights": fingerprint(weights), "check/inputs": fingerprint(inputs),
               "check/cotangents": fingerprint(_flat_cts(cts))}
     arrays.update({"out/" + k: np.asarray(v, np.float32) for k, v in expected.items()})
-    tmp = GOLDEN + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, GOLDEN)
-    print(f"wrote {GOLDEN} ({os.path.getsize(GOLDEN)} bytes)")
+    checks.save_golden(GOLDEN, arrays)
 
 
 if __name__ == "__main__":

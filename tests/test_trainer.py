@@ -45,6 +45,39 @@ def test_training_lowers_the_loss(synthtalk_tiny, tmp_path):
     assert last < 0.6 * first, (first, last)
 
 
+def test_hooks_get_the_gathered_ema_model_and_finish_runs_once(synthtalk_tiny, tmp_path):
+    """evaluate / images at their intervals and finish once at the end, on process 0, each
+    handed the host model with the EMA weights (gathered once per step)."""
+    from flax import nnx
+
+    calls, finished = [], {}
+
+    class Recording(MotionTask):
+        def evaluate(self, model, step):
+            calls.append(("evaluate", step, type(model).__name__))
+            return {"marker": float(step)}
+
+        def images(self, model, step):
+            calls.append(("images", step, type(model).__name__))
+            return {}
+
+        def finish(self, model, workdir, step):
+            calls.append(("finish", step, workdir))
+            finished["state"] = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
+
+    c = _config(synthtalk_tiny, **{"train.steps": 4, "train.eval_every": 2,
+                                   "train.image_every": 4})
+    trainer = Trainer(Recording(c), c, str(tmp_path))
+    result = trainer.fit()
+    assert calls == [("evaluate", 2, "MotionDiT"), ("evaluate", 4, "MotionDiT"),
+                     ("images", 4, "MotionDiT"), ("finish", 4, str(tmp_path))]
+    assert result["eval/marker"] == 4.0
+    ema = [np.asarray(x) for x in jax.tree.leaves(nnx.state(trainer.host_model()))]
+    raw = [np.asarray(x) for x in jax.tree.leaves(nnx.state(trainer.host_model(ema=False)))]
+    assert all(np.array_equal(a, b) for a, b in zip(finished["state"], ema))
+    assert not all(np.array_equal(a, b) for a, b in zip(finished["state"], raw))
+
+
 def test_sharded_params_match_the_committed_table_and_the_one_device_loss(synthtalk_tiny, tmp_path):
     """fsdp=4 x tensor=2 on 8 devices: parameter shardings as committed, and the same losses as
     one device (within 1e-5)."""
@@ -212,7 +245,7 @@ def test_sigterm_on_a_checkpoint_step_saves_once_and_stops(synthtalk_tiny, tmp_p
     from vasa_jax.train.trainer import Preempted
 
     class SigtermAtStep2(MotionTask):
-        def evaluate(self, trainer, step):
+        def evaluate(self, model, step):
             if step == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
             return {}

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from vasa_jax.media.video_io import atomic_path, read_mp4, write_mp4
+from vasa_jax.atomic import atomic_path
+from vasa_jax.media.video_io import read_mp4, write_mp4
 
 
 def test_roundtrip_video_and_audio(tmp_path):

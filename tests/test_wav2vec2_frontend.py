@@ -140,9 +140,9 @@ def test_motion_test_config_trains_with_the_wav2vec2_frontend(tiny_w2v, synthtal
     assert last < 0.7 * first, (first, last)
     assert np.abs(np.asarray(trainer.model(ema=False).audio_mix[...])).max() > 1e-4
     # The run reloads from its workdir with the filled-in widths and the same frontend.
-    from vasa_jax.train.restore import load_trainer
+    from vasa_jax.models import restore_model
 
-    reloaded, _ = load_trainer(str(tmp_path))
+    reloaded = restore_model(str(tmp_path))
     assert reloaded.config.model.audio_dim == 96 and reloaded.config.audio.frontend == "wav2vec2"
 
 

@@ -79,3 +79,42 @@ def abstract_like(state: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of ``state`` carrying ``shardings`` (the restore target)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         state, shardings)
+
+
+def _reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
+    """A read-only manager over ``directory`` whose train state restores partially."""
+    return ocp.CheckpointManager(
+        epath.Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
+
+
+def read_config(directory: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
+    """(step, stored config dict) of checkpoint ``step`` (default: the latest) in
+    ``directory``; FileNotFoundError when there is none."""
+    manager = _reader(directory)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint in {directory}.")
+        out = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return step, out["config"]
+    finally:
+        manager.close()
+
+
+def read_state_subtree(directory: str | os.PathLike, target: Any, step: int) -> Any:
+    """Only the parts of the stored train state that ``target`` names (a nested dict of
+    ``jax.ShapeDtypeStruct`` with shardings, keyed like the train state: e.g. ``{"ema": ...,
+    "rest": ...}``), read from checkpoint ``step``; the optimiser state is never read."""
+    manager = _reader(directory)
+    try:
+        restore_args = jax.tree.map(
+            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                           dtype=x.dtype), target)
+        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)))
+        return out["state"]
+    finally:
+        manager.close()

@@ -218,24 +218,25 @@ class TalkingFacePipeline:
         """Both stages from their training workdirs (local paths or gs://), EMA weights of the
         latest checkpoints; the frontend, schedule and default controls from stage 2's
         config."""
-        from vasa_jax.train.motion_task import frontend_from_config
-        from vasa_jax.train.restore import host_model, load_trainer
+        from vasa_jax.models import restore_model
+        from vasa_jax.motion.audio import frontend_from_config
+        from vasa_jax.motion.diffusion import make_schedule
 
-        latent_trainer, _ = load_trainer(latent_ckpt)
-        motion_trainer, _ = load_trainer(motion_ckpt)
-        for trainer, stage, want in ((latent_trainer, latent_ckpt, "latent"),
-                                     (motion_trainer, motion_ckpt, "motion")):
-            if trainer.config.task != want:
-                raise ValueError(f"{stage} holds a {trainer.config.task!r} checkpoint, not a "
+        stages = {}
+        for workdir, want in ((latent_ckpt, "latent"), (motion_ckpt, "motion")):
+            run = restore_model(workdir)
+            if run.config.task != want:
+                raise ValueError(f"{workdir} holds a {run.config.task!r} checkpoint, not a "
                                  f"{want!r} one; pass the stage-{1 if want == 'latent' else 2} "
                                  f"workdir there.")
-        mc = motion_trainer.config
+            stages[want] = run
+        mc = stages["motion"].config
         defaults = Controls(cfg=tuple(sorted(dict(mc.sample.cfg).items())),
                             steps=int(mc.sample.steps), sampler=str(mc.sample.sampler))
         kwargs.setdefault("defaults", defaults)
-        return cls(host_model(latent_trainer), host_model(motion_trainer),
-                   schedule=motion_trainer.task.schedule, frontend=frontend_from_config(mc),
-                   **kwargs)
+        return cls(stages["latent"].model, stages["motion"].model,
+                   schedule=make_schedule(mc.diffusion.schedule, mc.diffusion.train_steps),
+                   frontend=frontend_from_config(mc.audio), **kwargs)
 
     # -- inputs --------------------------------------------------------------------------------
     def prepare_source(self, image: np.ndarray | str | os.PathLike, *,

@@ -11,22 +11,24 @@ A shipped network ``NAME`` is two files in ``vasa_jax/assets``:
   ``command`` (how it was trained).
 
 Reference one as ``package:NAME`` wherever a run directory is accepted
-(``load_probe("package:probe_synthtalk64")``, ``--set model.estimator_workdir=package:...``).
+(``load_probe("package:probe_synthtalk64")`` in ``vasa_jax.instruments.load``, ``--set model.estimator_workdir=package:...``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+
+from vasa_jax.atomic import atomic_path, nan_to_none, none_to_nan
+from vasa_jax.models import build_model
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 PREFIX = "package:"
@@ -60,22 +62,19 @@ def ship(ref: str, model: nnx.Module, *, kind: str, config, step: int, heldout: 
     """Write ``model``'s state and its record (see the module docstring) as ``ref``; both
     files are written to temporaries first, so an interrupted call leaves no half file."""
     npz, meta = paths(ref, assets)
-    os.makedirs(assets, exist_ok=True)
     arrays = {key: np.asarray(jax.device_get(v)) for key, v in _leaves(model)}
-    with open(npz + ".tmp", "wb") as f:
-        np.savez(f, **arrays)
-    record = {
-        "kind": kind, "step": int(step), "command": command,
-        "config": json.loads(config.to_json_best_effort()),
-        "heldout": {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                    for k, v in heldout.items()},
-        "params": int(sum(a.size for a in arrays.values())),
-        "sha256": _sha256(npz + ".tmp"),
-    }
-    with open(meta + ".tmp", "w") as f:
-        json.dump(record, f, indent=1, allow_nan=False)
-    os.replace(npz + ".tmp", npz)
-    os.replace(meta + ".tmp", meta)
+    with atomic_path(npz) as npz_tmp, atomic_path(meta) as meta_tmp:
+        with open(npz_tmp, "wb") as f:
+            np.savez(f, **arrays)
+        record = {
+            "kind": kind, "step": int(step), "command": command,
+            "config": json.loads(config.to_json_best_effort()),
+            "heldout": nan_to_none(heldout),
+            "params": int(sum(a.size for a in arrays.values())),
+            "sha256": _sha256(npz_tmp),
+        }
+        with open(meta_tmp, "w") as f:
+            json.dump(record, f, indent=1, allow_nan=False)
     return npz, meta
 
 
@@ -91,14 +90,15 @@ def record(ref: str, assets: str = ASSETS) -> dict:
             f"`vasa-jax ship --workdir RUN --name NAME`.")
     with open(meta) as f:
         rec = json.load(f)
-    rec["heldout"] = {k: (math.nan if v is None else v) for k, v in rec["heldout"].items()}
+    rec["heldout"] = none_to_nan(rec["heldout"])
+    rec["config"] = ml_collections.ConfigDict(rec["config"])
     return rec
 
 
-def load(ref: str, make_model: Callable[[ml_collections.ConfigDict], nnx.Module],
-         assets: str = ASSETS) -> tuple[nnx.Module, dict]:
-    """(the shipped network rebuilt by ``make_model(config)`` with its weights, its record).
-    ValueError when the npz does not match its recorded checksum or the rebuilt network."""
+def load(ref: str, assets: str = ASSETS) -> tuple[nnx.Module, dict]:
+    """(the shipped network, rebuilt from its record's config by ``vasa_jax.models``, with its
+    weights; its record). ValueError when the npz does not match its recorded checksum or the
+    rebuilt network."""
     rec = record(ref, assets)
     npz, _ = paths(ref, assets)
     digest = _sha256(npz)
@@ -106,8 +106,7 @@ def load(ref: str, make_model: Callable[[ml_collections.ConfigDict], nnx.Module]
         raise ValueError(f"{npz} does not match the checksum in its record ({digest} != "
                          f"{rec['sha256']}): the file is corrupt or was replaced without "
                          f"re-shipping. Restore it from git or re-ship it (`vasa-jax ship`).")
-    config = ml_collections.ConfigDict(rec["config"])
-    model = nnx.eval_shape(lambda: make_model(config))
+    model = nnx.eval_shape(lambda: build_model(rec["config"], nnx.Rngs(0)))
     with np.load(npz) as data:
         stored = dict(data)
     graphdef, state = nnx.split(model)
@@ -123,13 +122,3 @@ def load(ref: str, make_model: Callable[[ml_collections.ConfigDict], nnx.Module]
                              f"{leaf.shape}.")
     values = [jnp.asarray(stored[k]) for k in keys]
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, values)), rec
-
-
-def load_instrument(ref: str, make_model: Callable[[ml_collections.ConfigDict], nnx.Module],
-                    wrap: Callable[..., Any], assets: str = ASSETS):
-    """A shipped measuring instrument as its host wrapper: ``wrap(model, step=, config=,
-    heldout=)`` (``Probe``, ``SyncNet``, ``Capp``) with the record's step, config and held-out
-    accuracy."""
-    model, rec = load(ref, make_model, assets)
-    return wrap(model, step=rec["step"], config=ml_collections.ConfigDict(rec["config"]),
-                heldout=rec["heldout"])

@@ -48,7 +48,8 @@ from data_pipeline.loader import (DatasetNotFoundError, dataset_dir, decode_fram
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.latent.model import to_unit
 from vasa_jax.latent.warp import POSE_FIELDS
-from vasa_jax.motion.audio import make_frontend
+from vasa_jax.chunks import map_chunks
+from vasa_jax.motion.audio import frontend_from_config
 
 DEFAULT_AUDIO = {"frontend": "mel", "n_mels": 40, "hops_per_frame": 4}  # as configs/motion.py
 DEFAULTS = {"identity": -1, "clip": -1, "emotion": 0, "gaze": (0.0, 0.0), "distance": 0.5}
@@ -118,12 +119,11 @@ class Stage1Encoder:
     run in chunks of at most ``chunk_size`` frames (the last padded to a power of two)."""
 
     def __init__(self, workdir: str, step: int | None = None, chunk_size: int = 64):
-        from vasa_jax.train.restore import host_model, load_trainer
+        from vasa_jax.models import restore_model
 
         stage1_checkpoint(workdir, step)  # the clear errors first
-        trainer, self.step = load_trainer(workdir, step=step)
-        self.model = host_model(trainer)
-        self.config = trainer.config
+        run = restore_model(workdir, step=step, task="latent")
+        self.model, self.step, self.config = run.model, run.step, run.config
         self.resolution = int(self.model.resolution)
         self.dyn_dim = int(self.model.dyn_dim)
         self.chunk_size = int(chunk_size)
@@ -143,16 +143,10 @@ class Stage1Encoder:
                 or frames.dtype != np.uint8):
             raise ValueError(f"Expected uint8 frames (T, {self.resolution}, {self.resolution}, 3),"
                              f" got {frames.dtype} {frames.shape}.")
-        out = []
-        for i in range(0, len(frames), self.chunk_size):
-            chunk = frames[i:i + self.chunk_size]
-            size = min(self.chunk_size, 1 << max(len(chunk) - 1, 0).bit_length())
-            pad = np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)
-            z = self._encode(self.state, np.concatenate([chunk, pad]))
-            out.append(np.asarray(jax.device_get(z))[:len(chunk)])
-        if not out:
+        z = map_chunks(lambda c: self._encode(self.state, c), frames, chunk_size=self.chunk_size)
+        if z is None:
             return np.zeros((0, 7 + self.dyn_dim), np.float32)
-        return np.concatenate(out).astype(np.float32)
+        return z.astype(np.float32)
 
 
 # One encoder per (workdir, step) per process: the generator path and every Beam worker load it
@@ -177,15 +171,10 @@ def _frontend_settings(audio: dict | None) -> dict:
     a = dict(DEFAULT_AUDIO if audio is None else audio)
     name = a.pop("frontend", None) or a.pop("name", None) or "mel"
     a.pop("name", None)
-    frontend = make_frontend(name, **a)
+    frontend = frontend_from_config({"frontend": name, **a})
     fields = (dataclasses.asdict(frontend) if dataclasses.is_dataclass(frontend) else dict(a))
     fields.pop("name", None)
     return {"frontend": name, **fields}
-
-
-def _make_frontend(settings: dict):
-    a = dict(settings)
-    return make_frontend(a.pop("frontend"), **a)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -304,7 +293,7 @@ class ClipEncoder:
                 f"Clip {index} of {self.source_dataset}/{self.source_config} {self.split} has "
                 f"{len(frames)} frames but {len(audio)} audio samples (expected "
                 f"{len(frames) * SAMPLES_PER_FRAME}: {SAMPLES_PER_FRAME} per frame).")
-        features = _make_frontend(json.loads(self.audio_json))(audio)
+        features = frontend_from_config(json.loads(self.audio_json))(audio)
         out = {"motion": motion, "audio_features": np.asarray(features, np.float32),
                "audio": audio, "source_index": np.int64(index)}
         for k in CLIP_FIELDS:
@@ -361,7 +350,7 @@ class Latents(tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         src = self.source_info
         t = src.features["frames"].shape[0]
-        audio_dim = int(_make_frontend(c.audio).dim)
+        audio_dim = int(frontend_from_config(c.audio).dim)
         motion_dim = len(POSE_FIELDS) + c.dyn_dim
         defaults = {
             "identity": tfds.features.Scalar(np.int32, doc="person id (-1: none in the source)"),

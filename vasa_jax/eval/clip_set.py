@@ -30,7 +30,8 @@ import numpy as np
 
 from vasa_jax.constants import FPS, SAMPLES_PER_FRAME
 from vasa_jax.media.errors import InputError
-from vasa_jax.media.video_io import atomic_path, write_mp4
+from vasa_jax.atomic import atomic_path
+from vasa_jax.media.video_io import write_mp4
 
 EVAL_CRF = 10  # near-lossless H.264, so the codec barely moves the metrics
 

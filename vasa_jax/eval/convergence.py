@@ -17,17 +17,17 @@ so it serves any pair of runs: ours, or a JAX run against someone else's PyTorch
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import glob
 import json
 import math
 import os
-import tempfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from vasa_jax.atomic import atomic_path
 
 EVENT_GLOB = "events.out.tfevents*"
 
@@ -337,25 +337,6 @@ def compare(ours: Curve, ref: Curve, *, beta: float = 0.9, burn_in: int = 10,
 
 
 # -- output ------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds,
-    remove it otherwise."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 def _json_safe(x: Any) -> Any:
     if isinstance(x, Mapping):

@@ -23,11 +23,11 @@ from data_pipeline.loader import make_loader, open_source
 from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.identity import sample_identity
 from data_pipeline.synthtalk.motion import FIELD
+from data_pipeline.views import pair_loader_config, read_clips
+from vasa_jax.atomic import atomic_path
 from vasa_jax.eval.image_metrics import LPIPS, psnr
-from vasa_jax.eval.synthtalk_probe import pearson_or_nan, read_clips
+from vasa_jax.instruments.probe import pearson_or_nan
 from vasa_jax.latent.model import FaceLatentModel, to_uint8, to_unit
-from vasa_jax.media.video_io import atomic_path
-from vasa_jax.train.latent_task import pair_loader_config
 
 
 # The motion fields the ladder reports (probe r on cross-reenacted frames, latent ridge r).
@@ -224,7 +224,7 @@ def evaluate_latent(model: FaceLatentModel, config, *, split: str = "test", max_
     source, info = open_source(d.dataset, d.config, split, d.data_dir or None)
     seed = int(info.metadata["seed"])
     n = len(source) if not max_clips else min(max_clips, len(source))
-    clips = read_clips(config, split, n)
+    clips = read_clips(config, split, n, frames=True)
     if len({int(c["identity"]) for c in clips}) < 2:
         raise ValueError(f"Cross-reenactment needs clips of at least two identities; the first "
                          f"{n} clips of split {split!r} have one. Evaluate more clips.")

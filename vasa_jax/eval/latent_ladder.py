@@ -15,7 +15,7 @@ import os
 from typing import Any, Mapping
 
 from vasa_jax.eval.latent_eval import PROBED_FIELDS
-from vasa_jax.media.video_io import atomic_path
+from vasa_jax.atomic import atomic_path
 
 COLUMNS = (("self PSNR", "self", "psnr"), ("self LPIPS", "self", "lpips_alex"),
            ("cross PSNR", "cross", "psnr_vs_render"),

@@ -116,7 +116,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 
 def write_report(rows: Mapping[str, Mapping[str, float]], out_dir: str, meta: Mapping) -> tuple[str, str]:
     """Write ``motion_eval.md`` and ``motion_eval.json``; returns their paths."""
-    from vasa_jax.media.video_io import atomic_path
+    from vasa_jax.atomic import atomic_path
 
     os.makedirs(out_dir, exist_ok=True)
     md_path, js_path = os.path.join(out_dir, "motion_eval.md"), os.path.join(out_dir, "motion_eval.json")

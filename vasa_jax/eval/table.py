@@ -4,11 +4,11 @@ Rows: "Real video" first (the real clips measured by the same instruments, the r
 paper matches or beats), then each generated set (system or ablation). Columns:
 
   sync conf / sync dist   SyncNet LSE-C (higher is better) / LSE-D (lower), Wav2Lip's way
-                          (``vasa_jax.eval.syncnet``)
+                          (``vasa_jax.instruments.syncnet``)
   AV offset / AV conf     mouth track read by the SynthTalk probe against the ground-truth track
                           of the real clip: lag of the cross-correlation peak within +-15 frames
                           (0 = in sync) and peak minus median; ``jaw r``: their Pearson r
-  CAPP                    audio-pose alignment (``vasa_jax.eval.capp``) of the pose read off the
+  CAPP                    audio-pose alignment (``vasa_jax.instruments.capp``) of the pose read off the
                           frames and the clip's speech
   ΔP                      mean abs frame-to-frame change of the read yaw/pitch/roll (rad/frame),
                           and its ratio to the real row's
@@ -74,7 +74,7 @@ class Instruments:
     """The measuring networks; any may be None (its columns read n/a).
 
     probe: ``synthtalk_probe.Probe``; syncnet: ``syncnet.SyncNet`` (trained, with ``heldout``);
-    capp: ``capp.CAPP`` (with ``heldout``); i3d: ``fvd.I3DFeatures``; lpips: ``image_metrics.LPIPS``;
+    capp: ``capp.CappNetwork`` (with ``heldout``); i3d: ``fvd.I3DFeatures``; lpips: ``image_metrics.LPIPS``;
     landmarks: read pose and mouth with mediapipe when there is no probe."""
 
     probe: Any = None
@@ -95,23 +95,23 @@ class Instruments:
         SyncNet's PyTorch weights (syncnet_v2.model) instead of a trained ``syncnet`` workdir."""
         inst = cls(fvd_clip_len=fvd_clip_len, fvd_stride=fvd_stride)
         if probe:
-            from vasa_jax.eval.synthtalk_probe import load_probe
+            from vasa_jax.instruments.load import load_probe
 
             inst.probe = load_probe(probe)
         if syncnet and syncnet_torch:
             raise ValueError("Give a trained SyncNet workdir or the original PyTorch weights, "
                              "not both.")
         if syncnet:
-            from vasa_jax.eval.syncnet import load_syncnet
+            from vasa_jax.instruments.load import load_syncnet
 
             inst.syncnet = load_syncnet(syncnet)
         if syncnet_torch:
-            from vasa_jax.eval.syncnet import as_instrument
-            from vasa_jax.eval.syncnet_convert import load_torch_weights
+            from vasa_jax.instruments.syncnet import as_instrument
+            from vasa_jax.instruments.syncnet_convert import load_torch_weights
 
             inst.syncnet = as_instrument(load_torch_weights(syncnet_torch))
         if capp:
-            from vasa_jax.eval.capp import load_capp
+            from vasa_jax.instruments.load import load_capp
 
             inst.capp = load_capp(capp)
         if fvd:
@@ -198,7 +198,7 @@ def read_clip_with(inst: Instruments, clip: Clip, photo: np.ndarray | None = Non
 def _sync(inst: Instruments, clip: Clip) -> dict[str, float] | None:
     if inst.syncnet is None:
         return None
-    from vasa_jax.eval.syncnet import sync_scores
+    from vasa_jax.instruments.syncnet import sync_scores
 
     s = sync_scores(inst.syncnet, clip.frames, clip.audio)
     return {k: float(s[k]) for k in ("lse_c", "lse_d", "offset")}
@@ -207,7 +207,7 @@ def _sync(inst: Instruments, clip: Clip) -> dict[str, float] | None:
 def _capp(inst: Instruments, clip: Clip, pose: np.ndarray | None) -> float | None:
     if inst.capp is None or pose is None:
         return None
-    from vasa_jax.eval.capp import capp_score
+    from vasa_jax.instruments.capp import capp_score
 
     return float(capp_score(inst.capp, np.nan_to_num(pose), clip.audio))
 
@@ -418,7 +418,7 @@ def write_report(results: Mapping[str, SetResult], out_dir: str, *, meta: Mappin
                  real: Sequence[Clip] = (), plots: bool = True) -> dict[str, str]:
     """``<stem>.md``, ``<stem>.json`` and (with ``plots``) ``<stem>_mouth_tracks.png`` and
     ``<stem>_bars.png`` in ``out_dir``, each written atomically; returns the paths."""
-    from vasa_jax.media.video_io import atomic_path
+    from vasa_jax.atomic import atomic_path
 
     os.makedirs(out_dir, exist_ok=True)
     rows = {k: v.row for k, v in results.items()}
@@ -446,7 +446,7 @@ def _plots(results: Mapping[str, SetResult], out_dir: str, stem: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vasa_jax.media.video_io import atomic_path
+    from vasa_jax.atomic import atomic_path
 
     out = {}
     truth = {c.name: c.motion for c in real if c.motion is not None}
@@ -467,7 +467,7 @@ def _plots(results: Mapping[str, SetResult], out_dir: str, stem: str,
         axes[0, 0].legend(fontsize=7, loc="upper right")
         fig.tight_layout()
         out["mouth_tracks"] = os.path.join(out_dir, f"{stem}_mouth_tracks.png")
-        with atomic_path(out["mouth_tracks"], ".png") as tmp:
+        with atomic_path(out["mouth_tracks"], suffix=".png") as tmp:
             fig.savefig(tmp, dpi=90)
         plt.close(fig)
     rows = {k: v.row for k, v in results.items()}
@@ -483,7 +483,7 @@ def _plots(results: Mapping[str, SetResult], out_dir: str, stem: str,
         fig.suptitle("  ".join(f"{i}: {s}" for i, s in enumerate(rows)), fontsize=7)
         fig.tight_layout()
         out["bars"] = os.path.join(out_dir, f"{stem}_bars.png")
-        with atomic_path(out["bars"], ".png") as tmp:
+        with atomic_path(out["bars"], suffix=".png") as tmp:
             fig.savefig(tmp, dpi=90)
         plt.close(fig)
     return out

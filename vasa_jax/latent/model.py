@@ -26,7 +26,7 @@ from flax import nnx
 from vasa_jax.latent import guidance, warp
 from vasa_jax.latent.discriminator import MultiScaleDiscriminator
 from vasa_jax.latent.encoders import AppearanceEncoder, MotionEncoder
-from vasa_jax.eval.synthtalk_probe import make_probe
+from vasa_jax.instruments.probe import make_probe
 from vasa_jax.latent.generator import G2D, G3D, Projection, blend
 from vasa_jax.nn.conv import WSConv, space_to_depth
 from vasa_jax.nn.layers import dtype_of

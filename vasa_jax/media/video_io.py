@@ -6,35 +6,14 @@ renamed into place only when complete, so an interrupted write leaves nothing ha
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from fractions import Fraction
 
 import av
 import numpy as np
 
+from vasa_jax.atomic import atomic_path
 from vasa_jax.constants import FPS, SAMPLE_RATE
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1],
-                               dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file normal rights
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -49,6 +28,33 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (width, size), interpolation=interp) for f in frames])
 
 
+def encode_video(out: av.container.OutputContainer, stream: av.VideoStream,
+                 frames: np.ndarray) -> None:
+    """Encode ``frames`` (N, H, W, 3) uint8 RGB on the video ``stream`` of ``out`` and flush the
+    encoder, muxing every packet."""
+    for f in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+
+
+def encode_audio(out: av.container.OutputContainer, stream: av.AudioStream, audio: np.ndarray,
+                 sample_rate: int, chunk: int = 1024) -> None:
+    """Encode planar ``audio`` (C, S) float (clipped to [-1, 1]) at ``sample_rate`` on the audio
+    ``stream`` of ``out`` (its layout has C channels) in ``chunk``-sample frames, and flush the
+    encoder, muxing every packet."""
+    a = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
+    for i in range(0, a.shape[1], chunk):
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + chunk]), format="fltp",
+                                        layout=stream.layout.name)
+        af.sample_rate, af.pts, af.time_base = sample_rate, i, Fraction(1, sample_rate)
+        for packet in stream.encode(af):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+
+
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | None = None, *,
               fps: int = FPS, sample_rate: int = SAMPLE_RATE, crf: int = 20,
               metadata: dict[str, str] | None = None) -> None:
@@ -61,7 +67,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | N
     n, h, w, _ = frames.shape
     if n == 0 or h % 2 or w % 2:
         raise ValueError(f"Need at least one frame of even height and width, got {frames.shape}.")
-    with atomic_path(path, ".mp4") as tmp:
+    with atomic_path(path, suffix=".mp4") as tmp:
         options = {"movflags": "use_metadata_tags"} if metadata else {}
         with av.open(tmp, mode="w", format="mp4", options=options) as out:
             out.metadata.update(metadata or {})
@@ -73,24 +79,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | N
                 ast = out.add_stream("aac", rate=sample_rate)
                 ast.layout = "mono"
                 ast.bit_rate = 64_000
-            for f in frames:
-                for packet in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                    out.mux(packet)
-            for packet in vs.encode():
-                out.mux(packet)
+            encode_video(out, vs, frames)
             if ast is not None:
-                a = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
-                chunk = 1024
-                for i in range(0, len(a), chunk):
-                    af = av.AudioFrame.from_ndarray(a[None, i:i + chunk], format="fltp",
-                                                    layout="mono")
-                    af.sample_rate = sample_rate
-                    af.pts = i
-                    af.time_base = Fraction(1, sample_rate)
-                    for packet in ast.encode(af):
-                        out.mux(packet)
-                for packet in ast.encode():
-                    out.mux(packet)
+                encode_audio(out, ast, np.asarray(audio, np.float32)[None], sample_rate)
 
 
 def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, float, int | None]:

@@ -239,6 +239,13 @@ def make_frontend(name: str = "mel", **kwargs) -> AudioFrontend:
     return FRONTENDS[name](**kwargs)
 
 
+def frontend_from_config(audio_config) -> AudioFrontend:
+    """The frontend a config's ``audio`` block names: ``{"frontend": name, field: value, ...}``
+    (a ConfigDict, a dict, or a sorted tuple of its items); ``mel`` when no name is given."""
+    a = dict(audio_config or {})
+    return make_frontend(a.pop("frontend", None) or "mel", **a)
+
+
 @dataclasses.dataclass(frozen=True)
 class AddAudioFeatures:
     """Loader transform: example['audio'] (S,) -> example['audio_features'] (T, D).

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vasa_jax.media.video_io import atomic_path
+from vasa_jax.atomic import atomic_path, write_bytes
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 GENERATION_LABEL = "org.vasa_jax.generation"
@@ -202,7 +202,7 @@ def sign_mp4(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
                                identity.tsa_url)
     try:
         with c2pa.Signer.from_info(info) as signer, c2pa.Builder(manifest) as builder, \
-                atomic_path(dst, ".mp4") as tmp:
+                atomic_path(dst, suffix=".mp4") as tmp:
             with open(src, "rb") as source, open(tmp, "w+b") as out:
                 builder.sign(signer, "video/mp4", source, out)
             report = read_manifest(tmp)
@@ -359,11 +359,11 @@ def _write_dev_chain(directory: Path) -> None:
                   root_key.public_key()), critical=False)
               .sign(root_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
-    _write_file(directory / DEV_KEY_FILE, signer_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
-    _write_file(directory / DEV_ROOT_FILE, root.public_bytes(pem), 0o644)
-    _write_file(directory / DEV_CHAIN_FILE, signer.public_bytes(pem) + root.public_bytes(pem),
-                0o644)
+    write_bytes(directory / DEV_KEY_FILE, signer_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
+    write_bytes(directory / DEV_ROOT_FILE, root.public_bytes(pem), mode=0o644)
+    write_bytes(directory / DEV_CHAIN_FILE, signer.public_bytes(pem) + root.public_bytes(pem),
+                mode=0o644)
 
 
 def _dev_name(common_name: str) -> x509.Name:
@@ -372,10 +372,3 @@ def _dev_name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, _DEV_ORG)])
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with permissions ``mode``, via a temporary file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
-        os.fchmod(f.fileno(), mode)  # before any byte is written, whatever mode a stale tmp had
-        f.write(data)
-    os.replace(tmp, path)

@@ -1,2 +1,4 @@
-"""One trainer for both stages: each stage contributes a ``Task`` (model, loss, evaluation);
-mesh, sharding, optimisation, EMA, metrics, checkpoints and multi-host handling live here."""
+"""One trainer for every network: the two stages (``latent``, ``motion``) and the measuring
+instruments (``probe``, ``syncnet``, ``capp``) each contribute a ``Task`` (data, loss,
+evaluation); mesh, sharding, optimisation, EMA, metrics, checkpoints and multi-host handling live
+in ``trainer.py``; ``run.py`` is the one entry point."""

@@ -5,16 +5,17 @@ ground-truth head pose (SynthTalk motion fields yaw, pitch, roll) and the audio 
 same frames (``config.audio``'s frontend, applied to the whole clip by a loader transform, as
 the motion stage does). The loader skips the pixels (``frames=False``) and the raw audio. The
 pose is mirrored with p = 0.5 (yaw and roll change sign; ``data.flip``); on the device, per
-example (keys from its global stream position), Gaussian pose noise, a shift of the pose
-against the audio by up to ``augment.max_shift`` frames, and (``augment.splice``) new pairs
-spliced at random frames from several pairs of the batch (``splice``; without it CAPP memorises
-res64_small's 800 training clips and scores held-out pairs at chance). Loss: CLIP's symmetric
-cross-entropy over the global batch's pose-to-audio and audio-to-pose similarity logits (scaled
-by the learned ``exp(log_scale)``).
+example (keys from its global stream position), Gaussian pose noise and a shift of the pose
+against the audio by up to ``augment.max_shift`` frames. ``augment.splice`` (new pairs spliced at
+random frames from several pairs of the batch, ``splice``) is available but off in every
+variant: with it CAPP stayed at chance; what stopped it from memorising res64_small's 800
+training clips is the encoders' 'flatten' pooling (``vasa_jax.instruments.capp``). Loss: CLIP's
+symmetric cross-entropy over the global batch's pose-to-audio and audio-to-pose similarity
+logits (scaled by the learned ``exp(log_scale)``).
 
-After ``Trainer.fit``, ``write_heldout(workdir)`` measures CAPP on the held-out identities
-(``eval.split``, default ``test``) and writes ``workdir/capp_heldout.json``, which
-``vasa_jax.eval.capp.load_capp`` requires.
+When training ends, CAPP is measured on the held-out identities (``eval.split``, default
+``test``) and ``workdir/capp_heldout.json`` is written (``InstrumentTask``), which
+``vasa_jax.instruments.load.load_capp`` requires.
 """
 
 from __future__ import annotations
@@ -26,16 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from flax import nnx
 
-from data_pipeline.loader import make_loader, open_source
+from data_pipeline import views
+from data_pipeline.loader import make_loader
 from data_pipeline.synthtalk.motion import FIELD
 from vasa_jax import parallel
-from vasa_jax.eval import capp as cp
-from vasa_jax.motion.audio import AddAudioFeatures
-from vasa_jax.train.motion_task import loader_config
-from vasa_jax.train import restore
-from vasa_jax.train.task import Task
+from vasa_jax.instruments import capp as cp
+from vasa_jax.motion.audio import AddAudioFeatures, frontend_from_config
+from vasa_jax.train.task import InstrumentTask
+
 
 POSE_COLUMNS = (FIELD["yaw"], FIELD["pitch"], FIELD["roll"])
 
@@ -43,33 +43,20 @@ POSE_COLUMNS = (FIELD["yaw"], FIELD["pitch"], FIELD["roll"])
 def read_clips(config, split: str, max_clips: int | None = None) -> list[dict[str, np.ndarray]]:
     """Whole clips of ``split`` in stored order: ``pose`` (T, 3) radians, ``audio_features``
     (T, F), ``identity``. No pixels are decoded."""
-    d = config.data
-    source, info = open_source(d.dataset, d.config, split, d.data_dir or None)
-    n = len(source) if not max_clips else min(int(max_clips), len(source))
-    cfg = loader_config(config, split=split, num_frames=info.features["motion"].shape[0],
-                         train=False, batch_size=1, shard_index=0, shard_count=1)
-    frontend = cp.build_frontend(cp.frontend_spec(config.audio))
-    it = iter(make_loader(cfg, clip_transforms=[AddAudioFeatures(frontend)]))
-    clips = []
-    for _ in range(n):
-        b = next(it)
-        clips.append({"pose": np.asarray(b["motion"][0][:, POSE_COLUMNS], np.float32),
-                      "audio_features": np.asarray(b["audio_features"][0], np.float32),
-                      "identity": int(b["identity"][0])})
-    return clips
+    clips = views.read_clips(config, split, max_clips, audio_features=True)
+    return [{"pose": np.asarray(c["motion"][:, POSE_COLUMNS], np.float32),
+             "audio_features": np.asarray(c["audio_features"], np.float32),
+             "identity": c["identity"]} for c in clips]
 
 
-def dataset_stats(config, max_clips: int) -> dict[str, np.ndarray]:
-    """Statistics of the first ``max_clips`` training clips (deterministic): per-angle pose
-    mean/std (of the window-centred pose when ``model.center_pose``; centred per clip here),
-    std of the frame differences, and per-feature audio mean/std."""
-    clips = read_clips(config, config.data.split, max_clips)
-    poses = [c["pose"] - (c["pose"].mean(0) if config.model.center_pose else 0.0) for c in clips]
-    pose = np.concatenate(poses)
-    diffs = np.concatenate([np.diff(c["pose"], axis=0) for c in clips])
-    audio = np.concatenate([c["audio_features"] for c in clips])
-    return {"pose_mean": pose.mean(0), "pose_std": pose.std(0), "pose_diff_std": diffs.std(0),
-            "audio_mean": audio.mean(0), "audio_std": audio.std(0)}
+def dataset_stats(clips, center_pose: bool) -> dict[str, np.ndarray]:
+    """Per-angle pose mean/std (of the window-centred pose when ``center_pose``; centred per
+    clip here), std of the frame differences, and per-feature audio mean/std of ``clips``."""
+    centred = [{"pose": c["pose"] - (c["pose"].mean(0) if center_pose else 0.0),
+                "diff": np.diff(c["pose"], axis=0), "audio": c["audio_features"]} for c in clips]
+    stats = views.clip_stats(centred, {"pose": "pose", "audio": "audio"})
+    stats["pose_diff_std"] = views.mean_std(centred, "diff")[1]
+    return stats
 
 
 def shift_frames(x: jax.Array, shift: jax.Array) -> jax.Array:
@@ -124,12 +111,12 @@ def info_nce(pose_emb: jax.Array, audio_emb: jax.Array, scale: jax.Array
                   "scale": scale}
 
 
-class CappTask(Task):
+class CappTask(InstrumentTask):
     name = "capp"
 
     def __init__(self, config):
         super().__init__(config)
-        self.frontend = cp.build_frontend(cp.frontend_spec(config.audio))
+        self.frontend = frontend_from_config(config.audio)
         if self.frontend.dim != config.model.audio_dim:
             raise ValueError(f"config.model.audio_dim={config.model.audio_dim} but the "
                              f"{self.frontend.name} frontend gives {self.frontend.dim} features.")
@@ -137,23 +124,22 @@ class CappTask(Task):
 
     # -- model ---------------------------------------------------------------------------------
     def prepare(self) -> None:
-        self.stats = dataset_stats(self.config, self.config.train.stats_clips)
+        c = self.config
+        self.stats = dataset_stats(read_clips(c, c.data.split, c.train.stats_clips),
+                                   c.model.center_pose)
         logging.info("CAPP pose std %s, pose diff std %s", np.round(self.stats["pose_std"], 4),
                      np.round(self.stats["pose_diff_std"], 5))
 
-    def make_model(self, rngs: nnx.Rngs) -> cp.CAPP:
-        return cp.make_capp(self.config, rngs=rngs)
-
-    def init_model(self, model: cp.CAPP) -> None:
+    def init_model(self, model: cp.CappNetwork) -> None:
         if self.stats is not None:
             model.set_stats(**self.stats)
 
     # -- data ----------------------------------------------------------------------------------
     def train_loader(self):
         per_process = parallel.batch_size_per_process(self.config.data.batch_size)
-        cfg = loader_config(self.config, split=self.config.data.split,
-                             num_frames=self.config.model.window, train=True,
-                             batch_size=per_process)
+        cfg = views.window_loader_config(self.config, split=self.config.data.split,
+                                         num_frames=self.config.model.window, train=True,
+                                         batch_size=per_process)
         return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)])
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -162,7 +148,7 @@ class CappTask(Task):
                 "pos": (np.asarray(batch["pos"], np.int64) % (2 ** 31)).astype(np.int32)}
 
     # -- objective -----------------------------------------------------------------------------
-    def loss(self, model: cp.CAPP, batch, key):
+    def loss(self, model: cp.CappNetwork, batch, key):
         a = self.config.augment
         pose = batch["pose"]
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, batch["pos"])
@@ -182,15 +168,10 @@ class CappTask(Task):
         return info_nce(pe, ae, model.scale())
 
     # -- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, trainer, step: int) -> dict[str, float]:
+    def evaluate(self, model: cp.CappNetwork, step: int) -> dict[str, float]:
         """Held-out validation identities: retrieval top-1 and matched minus shuffled score."""
         e = self.config.eval
         if not e.train_eval_clips:
-            return {}
-        from vasa_jax.train.restore import main_process_model
-
-        model = main_process_model(trainer)  # a collective: every process takes part
-        if model is None:
             return {}
         if not hasattr(self, "_eval_windows"):
             clips = read_clips(self.config, e.train_eval_split, e.train_eval_clips)
@@ -198,6 +179,9 @@ class CappTask(Task):
         res = cp.pair_metrics(cp.Capp(model), *self._eval_windows, batch=e.batch)
         return {"top1": res["top1"], "top5": res["top5"], "matched": res["matched_mean"],
                 "shuffled": res["shuffled_mean"], "chance_top1": res["chance_top1"]}
+
+    def measure(self, model: cp.CappNetwork, split: str, max_clips: int) -> dict[str, Any]:
+        return heldout_metrics(cp.Capp(model), self.config, split=split, max_clips=max_clips)
 
 
 def clip_windows(clips, window: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,24 +205,4 @@ def heldout_metrics(capp: cp.Capp, config, split: str = "test", max_clips: int |
         cp.capp_score(capp, c["pose"], None, hop=hop, features=c["audio_features"])
         for c in clips]))
     res.update(num_clips=len(clips), window=int(capp.window), hop=int(hop))
-    return res
-
-
-def write_heldout(workdir: str, config=None, *, split: str | None = None,
-                  max_clips: int | None = None) -> dict[str, Any]:
-    """Measure the trained CAPP in ``workdir`` on held-out identities and write
-    ``workdir/capp_heldout.json``. Returns the metrics.
-
-    ``config`` locates the data (default: the checkpoint's own config); ``split`` defaults to
-    ``config.eval.split`` (``test``) and ``max_clips`` to ``config.eval.max_clips`` (0 = all).
-    Run it in one process, after training."""
-    capp = cp.restore_capp(workdir)
-    config = capp.config if config is None else config
-    split = split or config.eval.split
-    max_clips = config.eval.max_clips if max_clips is None else max_clips
-    res = heldout_metrics(capp, config, split=split, max_clips=max_clips)
-    res.update(split=split, dataset=f"{config.data.dataset}/{config.data.config}",
-               step=int(capp.step))
-    path = restore.write_heldout(workdir, cp.HELDOUT_FILE, res)
-    logging.info("%s (%s)", cp.format_heldout(res), path)
     return res

@@ -8,9 +8,9 @@ the slightly soft, noisy frames generators produce). Loss: MSE on the normalised
 12-d motion (per-field weights ``loss.field_weights``, default 1) + ``loss.emotion_weight`` x
 softmax cross-entropy on the clip's emotion.
 
-After ``Trainer.fit``, ``write_heldout(workdir, config)`` measures the probe on the held-out
-identities (``eval.split``, default ``test``) and writes ``workdir/probe_heldout.json``, which
-``vasa_jax.eval.synthtalk_probe.load_probe`` requires.
+When training ends, the probe is measured on the held-out identities (``eval.split``, default
+``test``) and ``workdir/probe_heldout.json`` is written (``InstrumentTask``), which
+``vasa_jax.instruments.load.load_probe`` requires.
 """
 
 from __future__ import annotations
@@ -22,29 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from flax import nnx
 
-from data_pipeline.loader import LoaderConfig, make_loader, open_source
+from data_pipeline import views
+from data_pipeline.loader import LoaderConfig, make_loader
 from vasa_jax import parallel
-from vasa_jax.eval import synthtalk_probe as sp
-from vasa_jax.train import restore
-from vasa_jax.train.task import Task
-
-
-def dataset_stats(config, max_clips: int) -> dict[str, np.ndarray]:
-    """Per-field motion mean/std over every frame of the first ``max_clips`` clips of the
-    training split (stored order, motion only: no pixels are decoded)."""
-    d = config.data
-    source, info = open_source(d.dataset, d.config, d.split, d.data_dir or None)
-    n = min(int(max_clips), len(source)) if max_clips else len(source)
-    cfg = LoaderConfig(
-        dataset=d.dataset, config=d.config, split=d.split, data_dir=d.data_dir or None,
-        num_frames=info.features["motion"].shape[0], batch_size=1, seed=config.seed,
-        shuffle=False, num_epochs=1, random_window=False, frames=False, audio=False,
-        augment=False, drop_remainder=False, shard_index=0, shard_count=1)
-    it = iter(make_loader(cfg))
-    motion = np.concatenate([next(it)["motion"][0] for _ in range(n)])
-    return {"motion_mean": motion.mean(0), "motion_std": motion.std(0)}
+from vasa_jax.instruments import probe as sp
+from vasa_jax.train.task import InstrumentTask
 
 
 def blur3(x: jax.Array) -> jax.Array:
@@ -72,7 +55,7 @@ def degrade(frames: jax.Array, keys: jax.Array, blur: float, noise: float,
     return jax.vmap(one)(frames, keys)
 
 
-class ProbeTask(Task):
+class ProbeTask(InstrumentTask):
     name = "probe"
 
     def __init__(self, config):
@@ -81,13 +64,12 @@ class ProbeTask(Task):
 
     # -- model ---------------------------------------------------------------------------------
     def prepare(self) -> None:
-        self.stats = dataset_stats(self.config, self.config.train.stats_clips)
+        c = self.config
+        self.stats = views.clip_stats(views.read_clips(c, c.data.split, c.train.stats_clips),
+                                      {"motion": "motion"})
         logging.info("probe motion std %s", np.round(self.stats["motion_std"], 4))
 
-    def make_model(self, rngs: nnx.Rngs) -> sp.SynthTalkProbe:
-        return sp.make_probe(self.config.model, rngs=rngs)
-
-    def init_model(self, model: sp.SynthTalkProbe) -> None:
+    def init_model(self, model: sp.ProbeNetwork) -> None:
         if self.stats is not None:
             model.set_stats(**self.stats)
 
@@ -110,7 +92,7 @@ class ProbeTask(Task):
                 "pos": (np.asarray(batch["pos"], np.int64) % (2 ** 31)).astype(np.int32)}
 
     # -- objective -----------------------------------------------------------------------------
-    def loss(self, model: sp.SynthTalkProbe, batch, key):
+    def loss(self, model: sp.ProbeNetwork, batch, key):
         a = self.config.augment
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, batch["pos"])
         frames = sp.to_unit_range(batch["frames"])
@@ -139,38 +121,16 @@ class ProbeTask(Task):
                         np.float32)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, trainer, step: int) -> dict[str, float]:
+    def evaluate(self, model: sp.ProbeNetwork, step: int) -> dict[str, float]:
         """Held-out validation identities: jaw_open and yaw r, per-frame emotion accuracy."""
         n = self.config.eval.train_eval_clips
         if not n:
             return {}
-        from vasa_jax.train.restore import main_process_model
-
-        model = main_process_model(trainer)  # a collective: every process takes part
-        if model is None:
-            return {}
-        if not hasattr(self, "_eval_clips"):
-            self._eval_clips = sp.read_clips(self.config, self.config.eval.train_eval_split, n)
-        res = sp.clip_metrics(sp.Probe(model), self._eval_clips)
+        clips = self.eval_clips(self.config.eval.train_eval_split, n, frames=True)
+        res = sp.clip_metrics(sp.Probe(model), clips)
         return {"jaw_open_r": res["r/jaw_open"], "yaw_r": res["r/yaw"],
                 "emotion_accuracy": res["emotion_accuracy"]}
 
-
-def write_heldout(workdir: str, config=None, *, split: str | None = None,
-                  max_clips: int | None = None) -> dict[str, Any]:
-    """Measure the trained probe in ``workdir`` on held-out identities and write
-    ``workdir/probe_heldout.json`` (NaN correlations as null). Returns the metrics.
-
-    ``config`` locates the data (default: the checkpoint's own config); ``split`` defaults to
-    ``config.eval.split`` (``test``) and ``max_clips`` to ``config.eval.max_clips`` (0 = all).
-    Run it in one process, after training."""
-    probe = sp.restore_probe(workdir)
-    config = probe.config if config is None else config
-    split = split or config.eval.split
-    max_clips = config.eval.max_clips if max_clips is None else max_clips
-    res: dict[str, Any] = sp.heldout_metrics(probe, config, split=split, max_clips=max_clips)
-    res.update(split=split, dataset=f"{config.data.dataset}/{config.data.config}",
-               step=int(probe.step))
-    path = restore.write_heldout(workdir, sp.HELDOUT_FILE, res)
-    logging.info("probe held-out metrics (%s):\n%s", path, sp.format_heldout(res))
-    return res
+    def measure(self, model: sp.ProbeNetwork, split: str, max_clips: int) -> dict[str, Any]:
+        return sp.heldout_metrics(sp.Probe(model), self.config, split=split,
+                                  max_clips=max_clips)

@@ -16,11 +16,12 @@ negatives of a batch at once with no margin to tune, and ranking the aligned pat
 shifted ones is exactly what the offset search of LSE-C / LSE-D asks of the embedding.
 
 BatchNorm: the trainer keeps only the parameters, so training normalises with each batch's
-statistics and ``write_heldout`` first estimates the running statistics (PreciseBN: the mean of
-the batch statistics over ``eval.calib_batches`` training batches, EMA weights) and stores them
-in ``syncnet_batch_stats.npz``; then it measures the instrument on the held-out identities
-(``eval.split``, default ``test``) and writes ``syncnet_heldout.json``. ``load_syncnet``
-requires both.
+statistics. When training ends (``InstrumentTask``; or ``vasa_jax.train.heldout``), the running
+statistics are estimated (PreciseBN: the mean of the batch statistics over
+``eval.calib_batches`` training batches, EMA weights) and stored in ``syncnet_batch_stats.npz``;
+then the instrument is measured on the held-out identities (``eval.split``, default ``test``)
+and ``syncnet_heldout.json`` is written. ``vasa_jax.instruments.load.load_syncnet`` requires
+both.
 """
 
 from __future__ import annotations
@@ -32,16 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 
-from data_pipeline.loader import LoaderConfig, make_loader, open_source
+from data_pipeline import views
+from data_pipeline.loader import LoaderConfig, make_loader
 from vasa_jax import parallel
-from vasa_jax.eval import mfcc as mfcc_lib
-from vasa_jax.eval import syncnet as sn
-from vasa_jax.media.audio import to_float32
-from vasa_jax.train import restore
-from vasa_jax.train.task import Task
+from vasa_jax.instruments import mfcc as mfcc_lib
+from vasa_jax.instruments import syncnet as sn
+from vasa_jax.atomic import atomic_path
+from vasa_jax.train.task import InstrumentTask
 
 
 def window_frames(config) -> int:
@@ -88,13 +88,10 @@ def info_nce(video: jax.Array, audio: jax.Array, temperature: float, shift_weigh
     return loss, metrics
 
 
-class SyncNetTask(Task):
+class SyncNetTask(InstrumentTask):
     name = "syncnet"
 
     # -- model ---------------------------------------------------------------------------------
-    def make_model(self, rngs: nnx.Rngs) -> sn.SyncNetModel:
-        return sn.make_syncnet(self.config.model, rngs=rngs)
-
     def _geometry(self):
         if not hasattr(self, "_geom"):
             m = nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0)))
@@ -124,7 +121,7 @@ class SyncNetTask(Task):
         return out
 
     # -- objective -----------------------------------------------------------------------------
-    def loss(self, model: sn.SyncNetModel, batch, key):
+    def loss(self, model: sn.SyncNetNetwork, batch, key):
         del key
         b, k = batch["mfcc"].shape[:2]
         video = model.embed_video(batch["frames"], train=True)
@@ -147,40 +144,36 @@ class SyncNetTask(Task):
             m = hb["mfcc"]
             yield hb["frames"], m.reshape((-1,) + m.shape[2:])
 
-    def evaluate(self, trainer, step: int) -> dict[str, float]:
+    def evaluate(self, model: sn.SyncNetNetwork, step: int) -> dict[str, float]:
         """Validation identities: offset accuracy (|offset| <= 1) and mean LSE-C / LSE-D
         (BatchNorm statistics calibrated on a few training batches)."""
         e = self.config.eval
         if not e.train_eval_clips:
             return {}
-        from vasa_jax.train.restore import main_process_model
-
-        model = main_process_model(trainer)
-        if model is None:
-            return {}
         sn.calibrate_batch_stats(model, self.calibration_batches(e.train_eval_calib_batches))
-        if not hasattr(self, "_eval_clips"):
-            self._eval_clips = read_clips(self.config, e.train_eval_split, e.train_eval_clips)
-        res = clip_metrics(sn.SyncNet(model), self._eval_clips, vshift=e.vshift,
+        clips = self.eval_clips(e.train_eval_split, e.train_eval_clips, frames=True, audio=True)
+        res = clip_metrics(sn.SyncNet(model), clips, vshift=e.vshift,
                            shuffled=False)
         return {"offset_accuracy": res["offset_accuracy"], "lse_c": res["lse_c"],
                 "lse_d": res["lse_d"]}
 
+    def write_heldout(self, model: sn.SyncNetNetwork, workdir: str, step: int, **kwargs):
+        """First estimate the BatchNorm statistics and store them in
+        ``syncnet_batch_stats.npz``, then measure and write the held-out figures."""
+        sn.calibrate_batch_stats(model, self.calibration_batches(self.config.eval.calib_batches))
+        with atomic_path(os.path.join(workdir, sn.BATCH_STATS_FILE)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **sn.batch_stats_dict(model))
+        return super().write_heldout(model, workdir, step, **kwargs)
+
+    def measure(self, model: sn.SyncNetNetwork, split: str, max_clips: int) -> dict[str, Any]:
+        clips = views.read_clips(self.config, split, max_clips, frames=True, audio=True)
+        res = clip_metrics(sn.SyncNet(model), clips, vshift=self.config.eval.vshift)
+        res["calib_batches"] = int(self.config.eval.calib_batches)
+        return res
+
 
 # -- held-out metrics ------------------------------------------------------------------------------
-
-def read_clips(config, split: str, max_clips: int | None = None) -> list[dict[str, Any]]:
-    """Whole clips of ``split`` in stored order: ``frames`` (T, R, R, 3) uint8, ``audio``
-    (T 640,) float32, ``identity``."""
-    from data_pipeline.loader import decode_frame
-
-    d = config.data
-    source, _ = open_source(d.dataset, d.config, split, d.data_dir or None)
-    n = len(source) if not max_clips else min(int(max_clips), len(source))
-    return [{"frames": np.stack([decode_frame(b) for b in ex["frames"]]),
-             "audio": to_float32(ex["audio"]), "identity": int(ex["identity"])}
-            for ex in (source[i] for i in range(n))]
-
 
 def clip_metrics(net: sn.SyncNet, clips: Sequence[dict[str, Any]], *, vshift: int,
                  shuffled: bool = True) -> dict[str, float]:
@@ -223,37 +216,4 @@ def clip_metrics(net: sn.SyncNet, clips: Sequence[dict[str, Any]], *, vshift: in
     res["chance_offset_accuracy"] = 3.0 / (2 * vshift + 1)
     res["num_clips"] = n
     res["vshift"] = int(vshift)
-    return res
-
-
-def write_heldout(workdir: str, config=None, *, split: str | None = None,
-                  max_clips: int | None = None) -> dict[str, Any]:
-    """After training: estimate the BatchNorm statistics (``syncnet_batch_stats.npz``), then
-    measure the SyncNet in ``workdir`` on held-out identities and write
-    ``syncnet_heldout.json``. Returns the metrics. ``config`` locates the data (default: the
-    checkpoint's); ``split`` defaults to ``config.eval.split``, ``max_clips`` to
-    ``config.eval.max_clips`` (0 = all). Run it in one process."""
-    from vasa_jax.train.restore import host_model, load_trainer
-
-    try:
-        trainer, step = load_trainer(workdir)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"No SyncNet checkpoint under {workdir}. {sn._fix(workdir)}") from e
-    config = trainer.config if config is None else config
-    model = host_model(trainer)
-    task = SyncNetTask(config)
-    sn.calibrate_batch_stats(model, task.calibration_batches(config.eval.calib_batches))
-    stats_path = os.path.join(workdir, sn.BATCH_STATS_FILE)
-    with open(stats_path + ".tmp", "wb") as f:
-        np.savez(f, **sn.batch_stats_dict(model))
-    os.replace(stats_path + ".tmp", stats_path)
-
-    split = split or config.eval.split
-    max_clips = config.eval.max_clips if max_clips is None else max_clips
-    res: dict[str, Any] = clip_metrics(sn.SyncNet(model), read_clips(config, split, max_clips),
-                                       vshift=config.eval.vshift)
-    res.update(split=split, dataset=f"{config.data.dataset}/{config.data.config}",
-               step=int(step), calib_batches=int(config.eval.calib_batches))
-    path = restore.write_heldout(workdir, sn.HELDOUT_FILE, res)
-    logging.info("SyncNet held-out metrics (%s): %s", path, res)
     return res

@@ -136,8 +136,8 @@ class Trainer:
         self.mesh = parallel.create_mesh(tuple(config.mesh_shape), num_devices=config.num_devices)
         self.rules = tuple(tuple(r) for r in config.axis_rules)
         self.groups = tuple(task.param_groups)
-        self.optimizers = {g: make_optimizer(config.optim) for g in self.groups}
-        self.schedule = lr_schedule(config.optim)
+        self.optimizers = {g: make_optimizer(config.optim, config.train.steps) for g in self.groups}
+        self.schedule = lr_schedule(config.optim, config.train.steps)
         self.base_key = jax.random.PRNGKey(config.seed)
         if prepare:
             task.prepare()
@@ -173,11 +173,45 @@ class Trainer:
         return abstract_like(self.state, self.state_shardings)
 
     def model(self, ema: bool = True) -> nnx.Module:
-        """The model with the EMA (default) or raw parameters of the current state."""
+        """The model with the EMA (default) or raw parameters of the current state (sharded on
+        the mesh)."""
         params = dict(self.state.params)
         if ema:
             params.update(self.state.ema)
         return nnx.merge(self.graphdef, *[params[g] for g in self.groups], self.state.rest)
+
+    def host_model(self, ema: bool = True) -> nnx.Module:
+        """``model`` with its parameters gathered to this host (usable outside the mesh). A
+        collective when there are several processes: every process must call it."""
+        graphdef, state = nnx.split(self.model(ema=ema))
+        if jax.process_count() > 1:
+            state = multihost_utils.process_allgather(state, tiled=True)
+        else:
+            state = jax.device_get(state)
+        return nnx.merge(graphdef, jax.tree.map(jnp.asarray, state))
+
+    def _run_hooks(self, step: int, *, evaluate: bool, images: bool, finish: bool,
+                   writer) -> dict[str, float]:
+        """Gather the EMA model once (every process takes part) and run the task's due hooks
+        on process 0; returns the logged evaluation scalars (``eval/...``)."""
+        if not (evaluate or images or finish):
+            return {}
+        model = self.host_model()
+        if jax.process_index() != 0:
+            return {}
+        logged: dict[str, float] = {}
+        if evaluate:
+            ev = self.task.evaluate(model, step)
+            if ev:
+                logged = {f"eval/{k}": v for k, v in ev.items()}
+                writer.write_scalars(step, logged)
+        if images:
+            imgs = self.task.images(model, step)
+            if imgs:
+                writer.write_images(step, imgs)
+        if finish:
+            self.task.finish(model, self.workdir, step)
+        return logged
 
     def param_shardings_table(self) -> dict[str, str]:
         return parallel.spec_table(self.state_shardings.params)
@@ -265,17 +299,11 @@ class Trainer:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     writer.write_scalars(done, last)
                     bar.set_postfix(loss=f"{last['loss']:.4f}")
-                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                    ev = self.task.evaluate(self, done)
-                    if ev:
-                        writer.write_scalars(done, {f"eval/{k}": v for k, v in ev.items()})
-                        last.update({f"eval/{k}": v for k, v in ev.items()})
-                image_every = cfg.get("image_every", 0)
-                if image_every and (done % image_every == 0 or done == cfg.steps):
-                    images = self.task.images(self, done)
-                    if images:
-                        writer.write_images(done, images)
                 saved = ckpt.save(done, self.state, data, self.config, force=done == cfg.steps)
+                due = lambda every: bool(every) and (done % every == 0 or done == cfg.steps)  # noqa: E731
+                last.update(self._run_hooks(done, evaluate=due(cfg.eval_every),
+                                            images=due(cfg.get("image_every", 0)),
+                                            finish=done == cfg.steps, writer=writer))
                 if sigterm.any_process():
                     if not saved:  # this step is not on the checkpoint interval
                         ckpt.save(done, self.state, data, self.config, force=True)

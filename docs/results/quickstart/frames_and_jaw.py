@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import PIL.Image
 
-from vasa_jax.eval.synthtalk_probe import SHIPPED_PROBE, load_probe, pearson_or_nan
+from vasa_jax.instruments.load import load_probe
+from vasa_jax.instruments.probe import SHIPPED_PROBE, pearson_or_nan
 from vasa_jax.media.video_io import read_mp4
 
 HERE = os.path.dirname(os.path.abspath(__file__))

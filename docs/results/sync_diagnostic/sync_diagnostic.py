@@ -26,10 +26,12 @@ from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.identity import sample_identity
 from data_pipeline.synthtalk.motion import FIELD
 from vasa_jax.eval.latent_eval import reenact_frames
-from vasa_jax.eval.synthtalk_probe import SHIPPED_PROBE, load_probe, pearson_or_nan, read_clips
-from vasa_jax.eval.syncnet import load_syncnet, sync_scores
+from data_pipeline.views import read_clips
+from vasa_jax.instruments.load import load_probe, load_syncnet
+from vasa_jax.instruments.probe import SHIPPED_PROBE, pearson_or_nan
+from vasa_jax.instruments.syncnet import sync_scores
 from vasa_jax.media.audio import to_float32
-from vasa_jax.train.restore import host_model, load_trainer
+from vasa_jax.models import restore_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ap = argparse.ArgumentParser()
@@ -38,13 +40,13 @@ ap.add_argument("--gen", default=None); ap.add_argument("--clips", type=int, def
 ap.add_argument("--syncnet", default="package:syncnet_synthtalk64")
 args = ap.parse_args()
 
-tr, step = load_trainer(args.latent); cfg = tr.config; model = host_model(tr)
+run = restore_model(args.latent); step, cfg, model = run.step, run.config, run.model
 net = load_syncnet(args.syncnet)
 probe = load_probe(SHIPPED_PROBE); J = list(probe.motion_fields).index("jaw_open")
 d = cfg.data
 source, info = open_source(d.dataset, d.config, "test", d.data_dir or None)
 seed = int(info.metadata["seed"])
-clips = read_clips(cfg, "test", args.clips)
+clips = read_clips(cfg, "test", args.clips, frames=True)
 n = len(clips)
 audio = [to_float32(source[i]["audio"]) for i in range(n)]
 

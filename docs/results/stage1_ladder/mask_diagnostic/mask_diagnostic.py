@@ -13,16 +13,18 @@ import json, os, sys
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from vasa_jax.train.restore import host_model, load_trainer
-from vasa_jax.eval.synthtalk_probe import load_probe, SHIPPED_PROBE, pearson_or_nan, read_clips
+from data_pipeline.views import read_clips
+from vasa_jax.instruments.load import load_probe
+from vasa_jax.instruments.probe import SHIPPED_PROBE, pearson_or_nan
+from vasa_jax.models import restore_model
 from vasa_jax.latent.generator import blend
 from vasa_jax.latent.model import to_unit, to_uint8
 from data_pipeline.synthtalk.render import mouth_centre_pixels
 HERE = os.path.dirname(os.path.abspath(__file__))
 wd = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-tr, step = load_trainer(wd); cfg = tr.config; model = host_model(tr)
+run = restore_model(wd); step, cfg, model = run.step, run.config, run.model
 probe = load_probe(SHIPPED_PROBE); J = list(probe.motion_fields).index("jaw_open")
-clips = read_clips(cfg, "test", n)
+clips = read_clips(cfg, "test", n, frames=True)
 def parts(model, src, smot, drv, dmot):
     """G2D's colour, its mask and the carried source pixels of the source driven by drv."""
     x = to_unit(src)

@@ -37,10 +37,11 @@ from data_pipeline.loader import make_loader
 from data_pipeline.synthtalk import render
 from data_pipeline.synthtalk.identity import sample_identity
 from data_pipeline.loader import open_source
-from vasa_jax.eval.synthtalk_probe import load_probe, pearson_or_nan, read_clips
+from data_pipeline.views import pair_loader_config, read_clips
+from vasa_jax.instruments.load import load_probe
+from vasa_jax.instruments.probe import pearson_or_nan
 from vasa_jax.latent import losses
 from vasa_jax.latent.model import FaceLatentModel, to_uint8, to_unit
-from vasa_jax.train.latent_task import pair_loader_config
 
 DATA_DIR = os.environ.get("ORACLE_DATA_DIR", "runs/quickstart/tensorflow_datasets")
 OUT = os.environ.get("ORACLE_OUT", "runs/oracle")
@@ -206,7 +207,7 @@ def evaluate(o, cfg, variant, stride=5):
     probe = load_probe(f"{OUT}/probe")
     source, info = open_source("synthtalk", cfg.data.config, "test", DATA_DIR)
     seed = int(info.metadata["seed"])
-    clips = read_clips(cfg, "test", int(os.environ.get("MAX_CLIPS", "0")) or None)
+    clips = read_clips(cfg, "test", int(os.environ.get("MAX_CLIPS", "0")) or None, frames=True)
     n = len(clips)
     res = 64
     graphdef, state = nnx.split(o)

@@ -1,7 +1,7 @@
 """Load the original SyncNet PyTorch weights (syncnet_python's ``syncnet_v2.model``) into the
-``original``-size ``SyncNetModel``.
+``original``-size ``SyncNetNetwork``.
 
-The file is a plain ``state_dict`` of the published ``SyncNetModel``: ``netcnnaud.<i>.*`` and
+The file is a plain ``state_dict`` of the published ``SyncNetNetwork``: ``netcnnaud.<i>.*`` and
 ``netcnnlip.<i>.*`` (``torch.nn.Sequential`` indices: each conv is conv/BN/ReLU = 3 entries,
 each max-pool 1), ``netfcaud.{0,1,3}.*`` and ``netfclip.{0,1,3}.*`` (Linear, BatchNorm1d,
 Linear). It is read with ``torch.load(path, map_location="cpu", weights_only=True)`` only: no
@@ -9,13 +9,13 @@ arbitrary unpickling. Layouts: conv ``(out, in, *k)`` -> ``(*k, in, out)``; line
 ``(out, in)`` -> ``(in, out)``; BatchNorm ``weight/bias/running_mean/running_var`` -> ``scale/
 bias/mean/var`` (``num_batches_tracked`` is ignored).
 
-The converted network expects what the original does (see ``vasa_jax.eval.syncnet``): 224x224
-face crops read as BGR 0..255 (``SyncNetModel.video_input`` converts RGB uint8) and MFCCs of the
+The converted network expects what the original does (see ``vasa_jax.instruments.syncnet``): 224x224
+face crops read as BGR 0..255 (``SyncNetNetwork.video_input`` converts RGB uint8) and MFCCs of the
 audio in the int16 range (``audio_scale`` 32768).
 
 Use::
 
-  model = load_torch_weights("syncnet_v2.model")          # SyncNetModel, size 'original'
+  model = load_torch_weights("syncnet_v2.model")          # SyncNetNetwork, size 'original'
   sync_scores(model, face_crops_224, audio)
 """
 
@@ -28,14 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vasa_jax.eval import syncnet as sn
+from vasa_jax.instruments import syncnet as sn
+from vasa_jax.interop import files
 
 # (torch Sequential prefix of the conv stack, of the FC head, our branch attribute)
 BRANCHES = (("netcnnaud", "netfcaud", "audio"), ("netcnnlip", "netfclip", "lip"))
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
-def torch_key_map(model: sn.SyncNetModel) -> dict[str, tuple[Any, str, str]]:
+def torch_key_map(model: sn.SyncNetNetwork) -> dict[str, tuple[Any, str, str]]:
     """{torch key: (our variable, kind, description)} for every tensor the model needs; kind is
     'conv', 'linear' or 'vector' (how to lay the tensor out)."""
     out: dict[str, tuple[Any, str, str]] = {}
@@ -73,48 +74,38 @@ def _layout(x: np.ndarray, kind: str) -> np.ndarray:
     return x
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], model: sn.SyncNetModel
-                       ) -> sn.SyncNetModel:
+def _torch_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    """The torch shape of a tensor ``_layout`` turns into ``shape``."""
+    if kind == "conv":  # (*k, in, out) -> (out, in, *k)
+        return (shape[-1], shape[-2], *shape[:-2])
+    if kind == "linear":  # (in, out) -> (out, in)
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], model: sn.SyncNetNetwork
+                       ) -> sn.SyncNetNetwork:
     """Copy a SyncNet ``state_dict`` (torch tensors or NumPy arrays) into ``model`` in place
     (``model`` may be abstract, from ``nnx.eval_shape``: it sets every variable).
 
-    Raises ValueError naming every missing, unexpected or wrongly shaped tensor."""
+    Raises ValueError naming every missing, unexpected or wrongly shaped tensor (the
+    file's shape against the torch shape this model needs)."""
     want = torch_key_map(model)
-    arrays = {k: _to_numpy(v) for k, v in state_dict.items()
+    arrays = {k: files.to_numpy(v) for k, v in state_dict.items()
               if not k.endswith(_IGNORED_SUFFIXES)}
-    missing = sorted(set(want) - set(arrays))
-    unexpected = sorted(set(arrays) - set(want))
-    wrong = []
-    for key in sorted(set(want) & set(arrays)):
-        var, kind, what = want[key]
-        x = _layout(arrays[key], kind)
-        if x.shape != tuple(var.shape):
-            wrong.append(f"{key} ({what}): file {tuple(arrays[key].shape)} -> {x.shape}, model "
-                         f"{tuple(var.shape)}")
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing from the file: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"not in the model: {', '.join(unexpected)}")
-        if wrong:
-            parts.append(f"shape mismatch: {'; '.join(wrong)}")
+    problems = files.shape_mismatches({k: a.shape for k, a in arrays.items()},
+                                      {k: _torch_shape(var.shape, kind)
+                                       for k, (var, kind, _) in want.items()})
+    if problems:
         raise ValueError("The SyncNet weights do not fit this model (is it the 'original' size "
-                         "and the file syncnet_python's syncnet_v2.model?) -- "
-                         + " | ".join(parts))
+                         "and the file syncnet_python's syncnet_v2.model?): " + problems + ".")
     for key, (var, kind, _) in want.items():
         var.set_value(jnp.asarray(_layout(arrays[key], kind), jnp.float32))
     return model
 
 
-def _to_numpy(v) -> np.ndarray:
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().float().numpy()
-    return np.asarray(v, np.float32)
-
-
-def load_torch_weights(path: str, *, size: str = "original", **overrides) -> sn.SyncNetModel:
-    """``syncnet_v2.model`` (a torch ``state_dict``) -> a ``SyncNetModel`` of ``size`` with those
+def load_torch_weights(path: str, *, size: str = "original", **overrides) -> sn.SyncNetNetwork:
+    """``syncnet_v2.model`` (a torch ``state_dict``) -> a ``SyncNetNetwork`` of ``size`` with those
     weights. Reads with ``weights_only=True`` (tensors only)."""
     import torch
 

@@ -2,7 +2,7 @@
 the wild") and the LSE-C / LSE-D scores of Wav2Lip's evaluation.
 
 Two branches embed a 5-frame video window and its 0.2 s of audio into one space; in sync they
-are close. The layout is the published ``SyncNetModel`` (syncnet_python, ``syncnet_v2.model``):
+are close. The layout is the published ``SyncNetNetwork`` (syncnet_python, ``syncnet_v2.model``):
 
 - audio: MFCC patch (13 cepstra x 20 frames at 100 Hz) as a one-channel image -> 2-D
   conv/BN/ReLU(/max-pool) stages -> a last conv that leaves 1x1 -> FC, BN, ReLU, FC -> D;
@@ -36,7 +36,7 @@ syncnet_python, for the ``original`` size; the end embeddings for the ``small`` 
 over windows per offset (the curve), ``LSE-D = min(curve)``, ``offset = vshift - argmin(curve)``
 (positive: the video lags the audio by that many frames) and ``LSE-C = median(curve) - min``.
 
-Use::
+Use (loading: ``vasa_jax.instruments.load``)::
 
   net = load_syncnet("runs/syncnet")       # trained with configs/syncnet.py
   s = sync_scores(net, frames, audio)      # {"lse_c", "lse_d", "offset", "curve"}
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any, Sequence
 
 import cv2
@@ -57,8 +56,9 @@ import numpy as np
 from flax import nnx
 from flax.linen import max_pool
 
+from vasa_jax.chunks import map_chunks
 from vasa_jax.constants import SAMPLES_PER_FRAME
-from vasa_jax.eval import mfcc as mfcc_lib
+from vasa_jax.instruments import mfcc as mfcc_lib
 
 HELDOUT_FILE = "syncnet_heldout.json"
 BATCH_STATS_FILE = "syncnet_batch_stats.npz"
@@ -67,7 +67,7 @@ MFCC_WINDOW = WINDOW * mfcc_lib.MFCC_PER_VIDEO_FRAME  # 20 MFCC columns = 0.2 s
 DEFAULT_VSHIFT = 15
 SHIPPED_SYNCNET = "package:syncnet_synthtalk64"  # the instrument of benchmarks/quality.py
 
-# The published syncnet_python ``SyncNetModel`` layer by layer (torch Sequential indices: each
+# The published syncnet_python ``SyncNetNetwork`` layer by layer (torch Sequential indices: each
 # conv is conv/BN/ReLU = 3 entries, each pool 1).
 ORIGINAL_LIP = (
     ("conv", 96, (5, 7, 7), (1, 2, 2), (0, 0, 0)),
@@ -125,7 +125,7 @@ def small_audio_layers(widths=(32, 64, 96, 128)):
 
 SMALL_LIP = small_lip_layers()
 SMALL_AUDIO = small_audio_layers()
-# Keyword arguments of ``SyncNetModel`` per named size.
+# Keyword arguments of ``SyncNetNetwork`` per named size.
 SIZES: dict[str, dict[str, Any]] = {
     "original": dict(lip_layers=ORIGINAL_LIP, audio_layers=ORIGINAL_AUDIO, fc_hidden=512,
                      embed_dim=1024, image_size=(224, 224), crop=(0.0, 1.0, 0.0, 1.0),
@@ -254,7 +254,7 @@ def _dense(cin: int, cout: int, *, rngs: nnx.Rngs) -> nnx.Linear:
         rngs=rngs)
 
 
-class SyncNetModel(nnx.Module):
+class SyncNetNetwork(nnx.Module):
     """SyncNet: ``audio`` and ``lip`` branches into a D-dimensional space.
 
     Args: ``lip_layers`` / ``audio_layers`` layer specs (see ``Branch``), ``fc_hidden`` and
@@ -319,8 +319,8 @@ class SyncNetModel(nnx.Module):
 
 
 def make_syncnet(model_config=None, *, size: str | None = None, rngs: nnx.Rngs,
-                 **overrides) -> SyncNetModel:
-    """A ``SyncNetModel`` of a named ``size`` ('original' or 'small'), or from ``config.model``
+                 **overrides) -> SyncNetNetwork:
+    """A ``SyncNetNetwork`` of a named ``size`` ('original' or 'small'), or from ``config.model``
     (``size`` plus optional overrides of any ``SIZES`` key, or ``lip_widths`` /
     ``audio_widths`` for the small layout at other widths)."""
     kw: dict[str, Any] = {}
@@ -336,7 +336,7 @@ def make_syncnet(model_config=None, *, size: str | None = None, rngs: nnx.Rngs,
         raise ValueError(f"Unknown SyncNet size {size!r}; use one of {sorted(SIZES)}.")
     args = dict(SIZES[size])
     args.update(kw)
-    return SyncNetModel(**args, rngs=rngs)
+    return SyncNetNetwork(**args, rngs=rngs)
 
 
 def _untuple(v):
@@ -386,7 +386,7 @@ class SyncNet:
     """A SyncNet on this host: jit-compiled ``embed_audio`` / ``embed_video`` (NumPy in and out,
     in chunks), its crop setting, and ``heldout`` metrics (from ``syncnet_heldout.json``)."""
 
-    def __init__(self, model: SyncNetModel, *, heldout: dict[str, Any] | None = None,
+    def __init__(self, model: SyncNetNetwork, *, heldout: dict[str, Any] | None = None,
                  step: int | None = None, config=None, chunk_size: int | None = None):
         self.graphdef, self.state = nnx.split(model)
         self.image_size, self.crop = model.image_size, model.crop
@@ -398,16 +398,10 @@ class SyncNet:
         self.step, self.config, self.chunk_size = step, config, int(chunk_size)
 
     def _run(self, x: np.ndarray, kind: str) -> np.ndarray:
-        n, out = len(x), []
-        for i in range(0, n, self.chunk_size):
-            chunk = x[i:i + self.chunk_size]
-            size = min(self.chunk_size, 1 << max(len(chunk) - 1, 0).bit_length())
-            if size > len(chunk):
-                chunk = np.concatenate(
-                    [chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-            e = jax.device_get(_embed(self.graphdef, self.state, jnp.asarray(chunk), kind))
-            out.append(np.asarray(e[:min(self.chunk_size, n - i)], np.float32))
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+        out = map_chunks(lambda c: _embed(self.graphdef, self.state, c, kind), x,
+                         chunk_size=self.chunk_size)
+        return (np.zeros((0, self.embed_dim), np.float32) if out is None
+                else out.astype(np.float32))
 
     def embed_audio(self, mfcc_patches) -> np.ndarray:
         """MFCC patches (n, 13, 20) -> (n, D) float32."""
@@ -422,9 +416,9 @@ class SyncNet:
 
 
 def as_instrument(model) -> SyncNet:
-    """A ``SyncNetModel`` wrapped as a ``SyncNet``; anything else (a ``SyncNet``, or an object
+    """A ``SyncNetNetwork`` wrapped as a ``SyncNet``; anything else (a ``SyncNet``, or an object
     with the same ``crop``/``image_size``/``audio_scale``/``pad``/``embed_*``) as it is."""
-    return SyncNet(model) if isinstance(model, SyncNetModel) else model
+    return SyncNet(model) if isinstance(model, SyncNetNetwork) else model
 
 
 # -- LSE-C / LSE-D --------------------------------------------------------------------------------
@@ -485,7 +479,7 @@ def sync_scores(model, frames: np.ndarray, audio: np.ndarray, vshift: int = DEFA
     """LSE-C / LSE-D of one clip: frames (T, R, R, 3) uint8 RGB, audio (T * 640,) float32 in
     [-1, 1] at 16 kHz -> ``lse_c``, ``lse_d`` (floats), ``offset`` (int frames; positive: the
     video lags), ``curve`` (2 vshift + 1,) float32. ``model``: a ``SyncNet`` or
-    ``SyncNetModel``; frames are cut to its ``crop`` and resized to its ``image_size``; ``pad``
+    ``SyncNetNetwork``; frames are cut to its ``crop`` and resized to its ``image_size``; ``pad``
     defaults to the model's (``original``: 'zero', exactly syncnet_python; ``small``: 'edge')."""
     net = as_instrument(model)
     pad = net.pad if pad is None else pad
@@ -504,7 +498,7 @@ def _batch_stats(graphdef, state, frames, patches):
     return nnx.state(model, nnx.BatchStat)
 
 
-def calibrate_batch_stats(model: SyncNetModel, batches) -> SyncNetModel:
+def calibrate_batch_stats(model: SyncNetNetwork, batches) -> SyncNetNetwork:
     """PreciseBN: the mean over ``batches`` ((frames (n, 5, H, W, 3) uint8, MFCC patches
     (m, 13, 20)) pairs) of each BatchNorm's batch mean and (unbiased) variance, installed as its
     running statistics (in place; returns ``model``)."""
@@ -521,7 +515,7 @@ def calibrate_batch_stats(model: SyncNetModel, batches) -> SyncNetModel:
     return model
 
 
-def batch_stats_dict(model: SyncNetModel) -> dict[str, np.ndarray]:
+def batch_stats_dict(model: SyncNetNetwork) -> dict[str, np.ndarray]:
     """The running statistics as a flat {path: array} dict (for ``BATCH_STATS_FILE``)."""
     flat = nnx.to_flat_state(nnx.state(model, nnx.BatchStat))
     return {"/".join(str(k) for k in path): np.asarray(v.get_value() if hasattr(v, "get_value")
@@ -529,7 +523,7 @@ def batch_stats_dict(model: SyncNetModel) -> dict[str, np.ndarray]:
             for path, v in flat}
 
 
-def load_batch_stats(model: SyncNetModel, stats: dict[str, np.ndarray]) -> None:
+def load_batch_stats(model: SyncNetNetwork, stats: dict[str, np.ndarray]) -> None:
     """Install ``batch_stats_dict`` output into ``model`` (every BatchNorm must be present)."""
     state = nnx.state(model, nnx.BatchStat)
     flat = nnx.to_flat_state(state)
@@ -542,55 +536,3 @@ def load_batch_stats(model: SyncNetModel, stats: dict[str, np.ndarray]) -> None:
             raise ValueError(f"Batch statistic {path} has shape {arr.shape}, expected {v.shape}.")
         v.set_value(jnp.asarray(arr)) if hasattr(v, "set_value") else setattr(v, "value", arr)
     nnx.update(model, nnx.from_flat_state(flat))
-
-
-# -- loading a trained instrument -----------------------------------------------------------------
-
-def _fix(workdir: str) -> str:
-    return (f"Train it with `python launch/train.py --config=configs/syncnet.py:synthtalk64 "
-            f"--workdir={workdir}`, then write its held-out metrics with `python -c \"from "
-            f"vasa_jax.train.syncnet_task import write_heldout; write_heldout('{workdir}')\"`.")
-
-
-def restore_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
-    """The trained SyncNet in ``workdir`` (EMA weights of the latest checkpoint) with the
-    BatchNorm statistics of ``syncnet_batch_stats.npz`` when present; no held-out metrics. Or
-    the shipped one, ``package:NAME`` (``vasa_jax.shipped``; its statistics are in its state),
-    with them."""
-    from vasa_jax import shipped
-    from vasa_jax.train.restore import restore_run
-
-    if shipped.is_shipped(workdir):
-        return shipped.load_instrument(
-            workdir, lambda c: make_syncnet(c.model, rngs=nnx.Rngs(0)), SyncNet)
-    model, step, config = restore_run(workdir, "syncnet", "SyncNet", _fix(workdir), step=step)
-    path = os.path.join(workdir, BATCH_STATS_FILE)
-    if os.path.exists(path):
-        with np.load(path) as f:
-            load_batch_stats(model, dict(f))
-    return SyncNet(model, step=step, config=config)
-
-
-def load_syncnet(workdir: str, *, step: int | None = None) -> SyncNet:
-    """The trained SyncNet in ``workdir`` with its held-out metrics in ``.heldout``.
-
-    Raises FileNotFoundError naming the fix when the workdir has no checkpoint, no
-    ``syncnet_heldout.json`` or no ``syncnet_batch_stats.npz`` (both written by
-    ``vasa_jax.train.syncnet_task.write_heldout``). ``package:NAME``: the shipped one."""
-    from vasa_jax import shipped
-
-    if shipped.is_shipped(workdir):
-        return restore_syncnet(workdir)
-    missing = [f for f in (HELDOUT_FILE, BATCH_STATS_FILE)
-               if not os.path.exists(os.path.join(workdir, f))]
-    net = restore_syncnet(workdir, step=step)
-    if missing:
-        raise FileNotFoundError(
-            f"{', '.join(os.path.join(workdir, f) for f in missing)} missing: the SyncNet's "
-            f"BatchNorm statistics and held-out accuracy are written after training by "
-            f"`python -c \"from vasa_jax.train.syncnet_task import write_heldout; "
-            f"write_heldout('{workdir}')\"`. Or retrain: {_fix(workdir)}")
-    from vasa_jax.train.restore import read_heldout
-
-    net.heldout = read_heldout(workdir, HELDOUT_FILE)
-    return net

@@ -23,7 +23,7 @@ Not every field is readable: at 64 px the pupils and eyelids are a pixel or two,
 ``synthtalk64`` probe reads blink and gaze at chance (held-out r ~ 0). Use a field only where
 ``heldout['r/<field>']`` says it is measured.
 
-Use::
+Use (loading: ``vasa_jax.instruments.load``)::
 
   probe = load_probe("runs/probe")          # trained with configs/probe.py
   probe = load_probe(SHIPPED_PROBE)         # the shipped instrument (vasa_jax/assets)
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any, Sequence
 
 import jax
@@ -44,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipeline.synthtalk.motion import EMOTIONS, MOTION_FIELDS
+from vasa_jax.chunks import map_chunks
 from vasa_jax.nn.layers import dense, dtype_of, stat
 
 HELDOUT_FILE = "probe_heldout.json"
@@ -104,7 +104,7 @@ def to_unit_range(frames: jax.Array) -> jax.Array:
     return frames.astype(jnp.float32)
 
 
-class SynthTalkProbe(nnx.Module):
+class ProbeNetwork(nnx.Module):
     """frames (b, R, R, 3) -> (motion (b, M) in normalised units, emotion logits (b, E)).
 
     Args: ``widths`` per stride-2 stage (R must be divisible by 2 ** len(widths)), ``blocks``
@@ -178,10 +178,10 @@ class SynthTalkProbe(nnx.Module):
         return self.denormalize_motion(motion), logits
 
 
-def make_probe(model_config, *, rngs: nnx.Rngs) -> SynthTalkProbe:
+def make_probe(model_config, *, rngs: nnx.Rngs) -> ProbeNetwork:
     """The probe for ``config.model`` (widths, blocks, stem, head, motion_dim, num_emotions, dtype)."""
     m = model_config
-    return SynthTalkProbe(tuple(m.widths), blocks=m.blocks, stem=m.get("stem", 0), head=m.head,
+    return ProbeNetwork(tuple(m.widths), blocks=m.blocks, stem=m.get("stem", 0), head=m.head,
                           norm=m.get("norm", "group"),
                           motion_dim=m.motion_dim, num_emotions=m.num_emotions, dtype=m.dtype,
                           rngs=rngs)
@@ -217,7 +217,7 @@ class Probe:
     ``flip_average`` (default True, as the held-out metrics are measured) averages each frame's
     reading with its mirror image's (un-mirrored), at twice the compute."""
 
-    def __init__(self, model: SynthTalkProbe, *, heldout: dict[str, Any] | None = None,
+    def __init__(self, model: ProbeNetwork, *, heldout: dict[str, Any] | None = None,
                  step: int | None = None, config=None, chunk_size: int = 256,
                  flip_average: bool = True):
         self.graphdef, self.state = nnx.split(model)
@@ -239,91 +239,18 @@ class Probe:
             raise ValueError(f"Frames must be uint8 or floating point, got {frames.dtype}.")
         lead = frames.shape[:-3]
         flat = frames.reshape((-1,) + frames.shape[-3:])
-        n = len(flat)
-        motions, probs = [], []
-        for i in range(0, n, self.chunk_size):
-            chunk = flat[i:i + self.chunk_size]
-            size = min(self.chunk_size, 1 << max(len(chunk) - 1, 0).bit_length())
-            if size > len(chunk):
-                chunk = np.concatenate(
-                    [chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-            m, p = jax.device_get(_forward(self.graphdef, self.state, jnp.asarray(chunk),
-                                           self.flip_average))
-            k = min(self.chunk_size, n - i)
-            motions.append(np.asarray(m[:k], np.float32))
-            probs.append(np.asarray(p[:k], np.float32))
         m_dim, e_dim = len(self.motion_fields), len(self.emotions)
-        motion = (np.concatenate(motions) if motions else np.zeros((0, m_dim), np.float32))
-        prob = (np.concatenate(probs) if probs else np.zeros((0, e_dim), np.float32))
+        out = map_chunks(lambda c: _forward(self.graphdef, self.state, c, self.flip_average),
+                         flat, chunk_size=self.chunk_size)
+        motion, prob = ((np.zeros((0, m_dim), np.float32), np.zeros((0, e_dim), np.float32))
+                        if out is None else (out[0].astype(np.float32),
+                                             out[1].astype(np.float32)))
         return {"motion": motion.reshape(lead + (m_dim,)),
                 "emotion": prob.argmax(-1).astype(np.int32).reshape(lead),
                 "emotion_probs": prob.reshape(lead + (e_dim,))}
 
 
-def _fix(workdir: str) -> str:
-    return (f"Train it with `vasa-jax train probe --workdir {workdir}` or "
-            f"`python launch/train.py --config=configs/probe.py:synthtalk64 --workdir={workdir}`"
-            f" (this also writes {HELDOUT_FILE}).")
-
-
-def restore_probe(workdir: str, *, step: int | None = None) -> Probe:
-    """The trained probe in ``workdir`` (EMA weights of the latest checkpoint), without its
-    held-out metrics (``load_probe`` adds them); or the shipped probe ``package:NAME``
-    (``vasa_jax.shipped``), with them."""
-    from vasa_jax import shipped
-    from vasa_jax.train.restore import restore_run
-
-    if shipped.is_shipped(workdir):
-        return shipped.load_instrument(
-            workdir, lambda c: make_probe(c.model, rngs=nnx.Rngs(0)), Probe)
-    model, step, config = restore_run(workdir, "probe", "SynthTalk probe", _fix(workdir),
-                                      step=step)
-    return Probe(model, step=step, config=config)
-
-
-def read_heldout(workdir: str) -> dict[str, Any]:
-    """``workdir/probe_heldout.json`` with JSON nulls (undefined correlations) read as NaN."""
-    from vasa_jax.train import restore
-
-    return restore.read_heldout(workdir, HELDOUT_FILE)
-
-
-def load_probe(workdir: str, *, step: int | None = None) -> Probe:
-    """The trained probe in ``workdir`` with its held-out metrics in ``.heldout``.
-
-    Raises FileNotFoundError naming the fix when the workdir has no checkpoint or no
-    ``probe_heldout.json``."""
-    probe = restore_probe(workdir, step=step)
-    if probe.heldout:  # a shipped probe carries its held-out metrics in its record
-        return probe
-    path = os.path.join(workdir, HELDOUT_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} is missing: the probe's held-out accuracy must be reported with it. Write "
-            f"it with `python -c \"from vasa_jax.train.probe_task import write_heldout; "
-            f"write_heldout('{workdir}')\"`, or retrain: {_fix(workdir)}")
-    probe.heldout = read_heldout(workdir)
-    return probe
-
-
 # -- held-out accuracy ---------------------------------------------------------------------------
-
-def read_clips(config, split: str, max_clips: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Whole clips of ``split`` in stored order: ``frames`` (T, R, R, 3) uint8, ``motion``
-    (T, M), ``emotion`` and ``identity`` (from ``config.data``'s dataset)."""
-    from data_pipeline.loader import decode_frame, open_source
-
-    d = config.data
-    source, _ = open_source(d.dataset, d.config, split, d.data_dir or None)
-    n = len(source) if not max_clips else min(int(max_clips), len(source))
-    clips = []
-    for i in range(n):
-        ex = source[i]
-        clips.append({"frames": np.stack([decode_frame(b) for b in ex["frames"]]),
-                      "motion": np.asarray(ex["motion"], np.float32),
-                      "emotion": int(ex["emotion"]), "identity": int(ex["identity"])})
-    return clips
-
 
 def pearson_or_nan(pred: np.ndarray, true: np.ndarray, eps: float = 1e-6) -> float:
     """Pearson r; NaN when either side is (nearly) constant, where r is undefined."""
@@ -364,7 +291,9 @@ def heldout_metrics(probe: Probe, config, split: str = "test", max_clips: int | 
     """``clip_metrics`` over whole clips (every frame) of ``split`` (default ``test``:
     identities never seen in training); ``max_clips`` None/0 = all. Fields whose ground truth
     is constant in the split get r = NaN (null in JSON)."""
-    return clip_metrics(probe, read_clips(config, split, max_clips))
+    from data_pipeline.views import read_clips
+
+    return clip_metrics(probe, read_clips(config, split, max_clips, frames=True))
 
 
 def format_heldout(heldout: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """CAPP: contrastive audio-pose pretraining, VASA-1's audio-pose alignment score (sec. 4).
 
-A measuring instrument, like the SynthTalk probe (``vasa_jax.eval.synthtalk_probe``): two
+A measuring instrument, like the SynthTalk probe (``vasa_jax.instruments.probe``): two
 encoders trained CLIP-style (``vasa_jax.train.capp_task``, symmetric InfoNCE) on real pairs of
 (head pose, audio) windows of 3 s. The score of a clip is the cosine similarity of its pose
 embedding and its audio embedding, averaged over its 3-s windows (VASA-1 reports ~0.47 for real
@@ -27,7 +27,7 @@ The dataset statistics live in non-trained ``Stat`` variables (saved with the ch
 A learned logit scale (CLIP's temperature, ``exp(log_scale)`` clipped at ``max_scale``) is used
 only by the training loss.
 
-Use::
+Use (loading: ``vasa_jax.instruments.load``)::
 
   capp = load_capp("runs/capp")            # trained with configs/capp.py
   capp_score(capp, pose, audio)            # pose (T, 3) radians, audio (T * 640,) 16 kHz
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any
 
 import jax
@@ -46,7 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vasa_jax.chunks import map_chunks
 from vasa_jax.constants import FPS, SAMPLES_PER_FRAME
+from vasa_jax.motion.audio import frontend_from_config
 from vasa_jax.nn.attention import SelfAttention
 from vasa_jax.nn.embeddings import sinusoidal
 from vasa_jax.nn.layers import Mlp, dense, dtype_of, layer_norm, learned, stat
@@ -134,7 +135,7 @@ class SequenceEncoder(nnx.Module):
         return z / jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
 
 
-class CAPP(nnx.Module):
+class CappNetwork(nnx.Module):
     """Pose and audio encoders into one ``embed_dim``-d unit sphere, plus a learned logit scale.
 
     Args (``config.model``): ``audio_dim`` F (the frontend's features per frame), ``window`` T
@@ -227,10 +228,10 @@ def frontend_spec(audio_config) -> tuple:
     return name, tuple(sorted(a.items()))
 
 
-def make_capp(config, *, rngs: nnx.Rngs) -> CAPP:
+def make_capp(config, *, rngs: nnx.Rngs) -> CappNetwork:
     """The CAPP model of ``config.model`` reading ``config.audio``'s frontend."""
     m = config.model
-    return CAPP(m.audio_dim, window=m.window, width=m.width, depth=m.depth, heads=m.heads,
+    return CappNetwork(m.audio_dim, window=m.window, width=m.width, depth=m.depth, heads=m.heads,
                 audio_width=m.audio_width, audio_depth=m.audio_depth, audio_heads=m.audio_heads,
                 mlp_ratio=m.mlp_ratio, pose_kernel=m.pose_kernel, audio_kernel=m.audio_kernel,
                 embed_dim=m.embed_dim, pose_diffs=m.pose_diffs, center_pose=m.center_pose,
@@ -252,7 +253,7 @@ class Capp:
     """A trained CAPP on this host: jit-compiled ``embed`` and ``heldout`` (its metrics on
     held-out identities, from ``capp_heldout.json``). ``capp_score`` takes it or a ``CAPP``."""
 
-    def __init__(self, model: CAPP, *, heldout: dict[str, Any] | None = None,
+    def __init__(self, model: CappNetwork, *, heldout: dict[str, Any] | None = None,
                  step: int | None = None, config=None):
         self.graphdef, self.state = nnx.split(model)
         self.window, self.frontend = model.window, model.frontend
@@ -265,36 +266,18 @@ class Capp:
         Run in chunks of at most ``chunk_size`` windows, each padded to a power of two (so few
         shapes get compiled; every window is embedded on its own, padding changes nothing)."""
         pose, features = np.asarray(pose, np.float32), np.asarray(features, np.float32)
-        n = len(pose)
-        out_p, out_a = [], []
-        for i in range(0, n, chunk_size):
-            p, f = pose[i:i + chunk_size], features[i:i + chunk_size]
-            k = len(p)
-            size = min(chunk_size, 1 << max(k - 1, 0).bit_length())
-            if size > k:
-                p = np.concatenate([p, np.zeros((size - k,) + p.shape[1:], np.float32)])
-                f = np.concatenate([f, np.zeros((size - k,) + f.shape[1:], np.float32)])
-            pe, ae = jax.device_get(_embed(self.graphdef, self.state, jnp.asarray(p),
-                                           jnp.asarray(f)))
-            out_p.append(np.asarray(pe[:k]))
-            out_a.append(np.asarray(ae[:k]))
-        if not out_p:
+        out = map_chunks(lambda p, f: _embed(self.graphdef, self.state, p, f), pose, features,
+                         chunk_size=chunk_size)
+        if out is None:
             raise ValueError("No windows to embed.")
-        return np.concatenate(out_p), np.concatenate(out_a)
+        return out
 
     def audio_features(self, audio) -> np.ndarray:
         """(S,) 16 kHz audio, S a multiple of 640 -> (S / 640, F) frontend features."""
         if self._frontend is None:
-            self._frontend = build_frontend(self.frontend)
+            name, kwargs = self.frontend
+            self._frontend = frontend_from_config({"frontend": name, **dict(kwargs)})
         return np.asarray(self._frontend(np.asarray(audio)), np.float32)
-
-
-def build_frontend(spec: tuple):
-    """(name, ((key, value), ...)) -> the audio frontend (``vasa_jax.motion.audio``)."""
-    from vasa_jax.motion.audio import make_frontend
-
-    name, kwargs = spec
-    return make_frontend(name, **dict(kwargs))
 
 
 def _as_capp(model) -> Capp:
@@ -356,53 +339,6 @@ def capp_score(model, pose, audio, *, hop: int | None = None, features=None) -> 
     p, a = clip_windows(pose, features, capp.window, hop or capp.window)
     pe, ae = capp.embed(p, a)
     return float(np.mean(np.sum(pe * ae, axis=-1)))
-
-
-# -- loading ---------------------------------------------------------------------------------------
-
-def _fix(workdir: str) -> str:
-    return (f"Train it with `python launch/train.py --config=configs/capp.py:synthtalk64 "
-            f"--workdir={workdir}`, then write {HELDOUT_FILE} with `python -c \"from "
-            f"vasa_jax.train.capp_task import write_heldout; write_heldout('{workdir}')\"`.")
-
-
-def restore_capp(workdir: str, *, step: int | None = None) -> Capp:
-    """The trained CAPP in ``workdir`` (EMA weights of the latest checkpoint), without its
-    held-out metrics (``load_capp`` adds them); or the shipped one, ``package:NAME``
-    (``vasa_jax.shipped``), with them."""
-    from vasa_jax import shipped
-    from vasa_jax.train.restore import restore_run
-
-    if shipped.is_shipped(workdir):
-        return shipped.load_instrument(workdir, lambda c: make_capp(c, rngs=nnx.Rngs(0)), Capp)
-    model, step, config = restore_run(workdir, "capp", "CAPP", _fix(workdir), step=step)
-    return Capp(model, step=step, config=config)
-
-
-def read_heldout(workdir: str) -> dict[str, Any]:
-    from vasa_jax.train import restore
-
-    return restore.read_heldout(workdir, HELDOUT_FILE)
-
-
-def load_capp(workdir: str, *, step: int | None = None) -> Capp:
-    """The trained CAPP in ``workdir`` with its held-out metrics in ``.heldout``.
-
-    Raises FileNotFoundError naming the training command when the workdir has no checkpoint or
-    no ``capp_heldout.json`` (the instrument's own figures must be reported with its scores).
-    ``package:NAME``: the shipped one."""
-    from vasa_jax import shipped
-
-    if shipped.is_shipped(workdir):
-        return restore_capp(workdir)
-    path = os.path.join(workdir, HELDOUT_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} is missing: CAPP's held-out figures (matched vs shuffled score, retrieval) "
-            f"must be reported with its scores. {_fix(workdir)}")
-    capp = restore_capp(workdir, step=step)
-    capp.heldout = read_heldout(workdir)
-    return capp
 
 
 # -- held-out metrics ------------------------------------------------------------------------------
