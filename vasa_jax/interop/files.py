@@ -5,19 +5,22 @@ Flax model, and the rule-driven conversion loops.
 A model's converter module (e.g. ``vasa_jax.interop.motion_dit``) supplies one *rule*:
 ``rule(path, shape) -> (torch name, flax -> torch array, torch -> flax array)`` for a Flax
 variable at ``path`` (a tuple of keys) of shape ``shape``; the functions here apply it to every
-variable. Only numpy crosses the boundary, and nothing here imports torch except
+variable, and ``Converter(rule, what)`` binds it, with the model's name for errors, into the
+module's public functions. Only numpy crosses the boundary, and nothing here imports torch except
 ``load_torch_checkpoint``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import tempfile
 from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from vasa_jax.atomic import atomic_path
 
 Rule = Callable[[tuple, tuple], tuple[str, Callable, Callable]]
 
@@ -60,16 +63,15 @@ def flax_to_torch(state: Any, rule: Rule) -> dict[str, np.ndarray]:
     return out
 
 
-def check_state_dict(state_dict: Mapping[str, Any], want: Mapping[str, tuple[int, ...]],
-                     what: str) -> None:
-    """Raise ValueError naming every missing, unexpected and mis-shaped tensor of
-    ``state_dict`` against the expected {name: shape} ``want`` of the model ``what``."""
-    got = {k: tuple(np.shape(v)) if not hasattr(v, "shape") else tuple(v.shape)
-           for k, v in state_dict.items()}
+def shape_mismatches(got: Mapping[str, tuple[int, ...]], want: Mapping[str, tuple[int, ...]]
+                     ) -> str:
+    """An empty string when the {name: shape} ``got`` has exactly the names and shapes of
+    ``want``; else one phrase naming every missing, unexpected and mis-shaped tensor (for an
+    error message)."""
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
-    bad = sorted(f"{k}: got {got[k]}, expected {tuple(want[k])}"
-                 for k in set(want) & set(got) if got[k] != tuple(want[k]))
+    bad = sorted(f"{k}: got {tuple(got[k])}, expected {tuple(want[k])}"
+                 for k in set(want) & set(got) if tuple(got[k]) != tuple(want[k]))
     problems = []
     if missing:
         problems.append(f"missing tensors {missing}")
@@ -77,10 +79,20 @@ def check_state_dict(state_dict: Mapping[str, Any], want: Mapping[str, tuple[int
         problems.append(f"unexpected tensors {unexpected}")
     if bad:
         problems.append(f"mis-shaped tensors [{'; '.join(bad)}]")
+    return ", ".join(problems)
+
+
+def check_state_dict(state_dict: Mapping[str, Any], want: Mapping[str, tuple[int, ...]],
+                     what: str) -> None:
+    """Raise ValueError naming every missing, unexpected and mis-shaped tensor of
+    ``state_dict`` against the expected {name: shape} ``want`` of the model ``what``."""
+    got = {k: tuple(np.shape(v)) if not hasattr(v, "shape") else tuple(v.shape)
+           for k, v in state_dict.items()}
+    problems = shape_mismatches(got, want)
     if problems:
         raise ValueError(
             f"The state_dict does not match this {what} (check that config.model matches the "
-            "checkpoint's): " + ", ".join(problems) + ".")
+            "checkpoint's): " + problems + ".")
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], model: nnx.Module, rule: Rule, what: str
@@ -98,6 +110,39 @@ def torch_to_flax(state_dict: Mapping[str, Any], model: nnx.Module, rule: Rule, 
     return model
 
 
+@dataclasses.dataclass(frozen=True)
+class Converter:
+    """One model's converter: its ``rule`` bound to the model name ``what`` that errors name.
+    A converter module exposes the bound methods (``functions()``) as its public functions."""
+
+    rule: Rule
+    what: str
+
+    def torch_names(self, model_or_state: Any) -> dict[str, tuple[int, ...]]:
+        """{torch name: torch shape} for every variable of a Flax model (or state)."""
+        return torch_names(model_or_state, self.rule)
+
+    def flax_to_torch(self, state: Any) -> dict[str, np.ndarray]:
+        """Flax state (``nnx.state(model)``, the model, or a sub-state such as parameters or
+        their gradients) -> {torch name: float32 C-contiguous numpy array}."""
+        return flax_to_torch(state, self.rule)
+
+    def check_state_dict(self, state_dict: Mapping[str, Any], model: nnx.Module) -> None:
+        """Raise ValueError naming every missing, unexpected and mis-shaped tensor."""
+        check_state_dict(state_dict, self.torch_names(model), self.what)
+
+    def torch_to_flax(self, state_dict: Mapping[str, Any], model: nnx.Module) -> nnx.Module:
+        """Load a torch-named state_dict (torch tensors or numpy arrays) into ``model`` (which
+        may be abstract, from ``nnx.eval_shape``) in place and return it. Every tensor must be
+        present with the right shape (else ValueError)."""
+        return torch_to_flax(state_dict, model, self.rule, self.what)
+
+    def functions(self) -> tuple[Callable, Callable, Callable, Callable]:
+        """The bound (torch_names, flax_to_torch, check_state_dict, torch_to_flax): what a
+        converter module exposes under those names."""
+        return self.torch_names, self.flax_to_torch, self.check_state_dict, self.torch_to_flax
+
+
 # -- files -------------------------------------------------------------------------------------
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
@@ -106,18 +151,9 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
     safetensors file, atomically (temporary file in the same directory, then rename)."""
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
                   metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

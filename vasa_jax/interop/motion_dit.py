@@ -1,5 +1,5 @@
 """Convert MotionDiT weights between our Flax NNX model and the PyTorch baseline
-(``baselines/torch/motion_dit.py``), and read/write them as safetensors or ``.pt`` files.
+(``baselines/torch_baseline/motion_dit.py``), and read/write them as safetensors or ``.pt`` files.
 
 Names: the torch ``state_dict`` name of a Flax variable is its path joined with dots, with
 ``kernel`` renamed ``weight``; the tensor layouts differ as follows:
@@ -17,7 +17,7 @@ Only numpy crosses the boundary: ``flax_to_torch`` returns numpy arrays (wrap wi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -56,26 +56,10 @@ def _rule(path: tuple, shape: tuple[int, ...]) -> tuple[str, Callable, Callable]
     return ".".join(names), ident, ident
 
 
-def torch_names(model_or_state: Any) -> dict[str, tuple[int, ...]]:
-    """The torch ``state_dict`` names and shapes that correspond to a Flax MotionDiT."""
-    return files.torch_names(model_or_state, _rule)
-
-
-def flax_to_torch(state: Any) -> dict[str, np.ndarray]:
-    """Flax MotionDiT state (``nnx.state(model)``, or the model) -> torch-named numpy arrays
-    (parameters and the normalisation statistics), float32, C-contiguous."""
-    return files.flax_to_torch(state, _rule)
-
-
-def check_state_dict(state_dict: Mapping[str, Any], model: nnx.Module) -> None:
-    """Raise ValueError naming every missing, unexpected and mis-shaped tensor."""
-    files.check_state_dict(state_dict, torch_names(model), "MotionDiT")
-
-
-def torch_to_flax(state_dict: Mapping[str, Any], model: nnx.Module) -> nnx.Module:
-    """Load a torch-named state_dict (torch tensors or numpy arrays) into ``model`` in place
-    and return it. Every tensor must be present with the right shape (else ValueError)."""
-    return files.torch_to_flax(state_dict, model, _rule, "MotionDiT")
+# The public torch_names(model_or_state), flax_to_torch(state), check_state_dict(state_dict,
+# model) and torch_to_flax(state_dict, model): ``files.Converter``'s, with MotionDiT's rule.
+torch_names, flax_to_torch, check_state_dict, torch_to_flax = files.Converter(
+    _rule, "MotionDiT").functions()
 
 
 def randomize(model: nnx.Module, seed: int, *, scale: float = 1.0) -> nnx.Module:
