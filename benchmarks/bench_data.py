@@ -17,7 +17,6 @@ Prints and writes JSON with:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ import shutil
 import tempfile
 import time
 
-from bench_common import save_json
+from bench_common import bench_parser, save_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -107,9 +106,7 @@ def bench_voxceleb2(workdir: str) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "data.json"))
+    ap = bench_parser(__doc__, "data.json")
     ap.add_argument("--data-dir", default=None, help="default: a temporary directory")
     ap.add_argument("--workers", type=int, default=0, help="build workers (0: all cores)")
     ap.add_argument("--voxceleb2-only", action="store_true",

@@ -20,7 +20,6 @@ to VASA-1's reported 45 fps at 512x512 on an RTX 4090 (whole pipeline incl. moti
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
@@ -29,7 +28,7 @@ import statistics
 import sys
 import time
 
-from bench_common import cpu_model, matmul_peak, save_json, xla_cost
+from bench_common import bench_parser, cpu_model, matmul_peak, save_json, xla_cost
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -288,10 +287,7 @@ def print_rows(rows: list[dict]) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                  "latent.json"))
+    ap = bench_parser(__doc__, "latent.json")
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
 

@@ -28,7 +28,7 @@ import os
 import platform
 import time
 
-from bench_common import matmul_peak, save_json, xla_cost
+from bench_common import bench_parser, matmul_peak, save_json, xla_cost
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -181,10 +181,7 @@ def bench_wav2vec2(seconds: float = 10.0, threads: int = 2) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                  "motion.json"))
+    ap = bench_parser(__doc__, "motion.json")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--only", choices=("all", "wav2vec2"), default="all",
                     help="wav2vec2: only the wav2vec2-base comparison (merged into --out)")

@@ -25,7 +25,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core: the speed figures are per core
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -34,6 +33,7 @@ import time  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_common import bench_parser  # noqa: E402
 
 from vasa_jax.media.video_io import read_mp4, write_mp4  # noqa: E402
 from vasa_jax.safety import watermark as wm  # noqa: E402
@@ -220,10 +220,7 @@ def bench_speed(frames: np.ndarray, reps: int = 3) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                  "watermark.json"))
+    ap = bench_parser(__doc__, "watermark.json")
     ap.add_argument("--clips", type=int, default=100, help="SynthTalk clips per resolution")
     args = ap.parse_args()
 
