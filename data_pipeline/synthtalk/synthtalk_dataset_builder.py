@@ -15,10 +15,11 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipeline.features import clip_features
 from data_pipeline.synthtalk import generate, parallel
 from data_pipeline.synthtalk.motion import EMOTIONS, MOTION_DIM, MOTION_FIELDS
 from data_pipeline.synthtalk.phones import PHONES
-from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.constants import FPS, SAMPLE_RATE
 
 SIZES = {  # name: (identities, clips per identity, frames per clip)
     "tiny": (6, 2, 25),
@@ -89,15 +90,12 @@ class Synthtalk(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.builder_config
-        t, r = c.num_frames, c.resolution
+        t = c.num_frames
         return self.dataset_info_from_configs(
             description=__doc__,
             features=tfds.features.FeaturesDict({
-                "frames": tfds.features.Video(shape=(t, r, r, 3), encoding_format=c.encoding),
-                "audio": tfds.features.Audio(shape=(t * SAMPLES_PER_FRAME,), dtype=np.int16,
-                                             sample_rate=SAMPLE_RATE, file_format=None),
-                "identity": tfds.features.Scalar(np.int32, doc="synthetic person id"),
-                "clip": tfds.features.Scalar(np.int32, doc="clip index within the identity"),
+                **clip_features(t, c.resolution, c.encoding, identity_doc="synthetic person id",
+                                clip_doc="clip index within the identity"),
                 "emotion": tfds.features.ClassLabel(names=EMOTIONS),
                 "gaze": tfds.features.Tensor(shape=(2,), dtype=np.float32,
                                              doc="main gaze (theta, phi), radians"),

@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from fractions import Fraction
 
 import av
 import numpy as np
 
 from vasa_jax.constants import FPS, SAMPLE_RATE
+from vasa_jax.media.video_io import encode_audio, encode_video
 
 TRUNCATED = "TRUNCATED00"
 UNREADABLE = "UNREADABLE0"
@@ -82,21 +82,9 @@ def write_av(path: str, frames: np.ndarray | None, audio: np.ndarray | None, *, 
             ast = out.add_stream("aac", rate=audio_rate)
             ast.layout = layout
         if vs is not None:
-            for f in frames:
-                for packet in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                    out.mux(packet)
-            for packet in vs.encode():
-                out.mux(packet)
+            encode_video(out, vs, frames)
         if ast is not None:
-            a = np.clip(audio, -1.0, 1.0).astype(np.float32)
-            for i in range(0, a.shape[1], 1024):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + 1024]),
-                                                format="fltp", layout=ast.layout.name)
-                af.sample_rate, af.pts, af.time_base = audio_rate, i, Fraction(1, audio_rate)
-                for packet in ast.encode(af):
-                    out.mux(packet)
-            for packet in ast.encode():
-                out.mux(packet)
+            encode_audio(out, ast, audio, audio_rate)
 
 
 def _source(clip: dict, seconds: float, fps: int, audio_rate: int, channels: int, shift: int):

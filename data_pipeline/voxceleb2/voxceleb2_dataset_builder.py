@@ -56,6 +56,7 @@ from absl import logging
 from etils import epath
 
 from data_pipeline.beam import import_beam
+from data_pipeline.features import clip_features
 from data_pipeline.synthtalk.motion import MOTION_DIM
 from data_pipeline.voxceleb2 import decode, face_labels, quality, report
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -415,11 +416,8 @@ class Voxceleb2(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             description=__doc__,
             features=tfds.features.FeaturesDict({
-                "frames": tfds.features.Video(shape=(t, r, r, 3), encoding_format="jpeg"),
-                "audio": tfds.features.Audio(shape=(t * SAMPLES_PER_FRAME,), dtype=np.int16,
-                                             sample_rate=SAMPLE_RATE, file_format=None),
-                "identity": tfds.features.Scalar(np.int32, doc="the number of idXXXXX"),
-                "clip": tfds.features.Scalar(np.int32, doc="clip index within the utterance"),
+                **clip_features(t, r, "jpeg", identity_doc="the number of idXXXXX",
+                                clip_doc="clip index within the utterance"),
                 "video_id": tfds.features.Text(doc="YouTube id of the source video"),
                 "utterance": tfds.features.Scalar(np.int32, doc="NNNNN of NNNNN.mp4"),
                 **({"motion": tfds.features.Tensor(
