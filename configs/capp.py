@@ -15,32 +15,18 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import from_variant
-from vasa_jax.parallel import DEFAULT_RULES
+from configs import common
 
 
 def get_config(arg: str = "synthtalk64") -> ml_collections.ConfigDict:
-    return from_variant("capp", arg, base, VARIANTS)
+    return common.from_variant("capp", arg, base, VARIANTS)
 
 
 def base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.task = "capp"
-    c.variant = ""
-    c.seed = 0
-    c.mesh_shape = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 fills with the remaining devices
-    c.num_devices = 0  # 0 = every device; N = the first N
-    c.axis_rules = tuple(DEFAULT_RULES)
+    c = common.runtime("capp")
 
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "synthtalk"
-    c.data.config = "res64_small"
-    c.data.data_dir = ""  # "" = $VASA_JAX_DATA_DIR or ~/tensorflow_datasets
-    c.data.split = "train"
-    c.data.batch_size = 64  # global; one random window of a random clip per example (InfoNCE batch)
+    c.data = common.data(batch_size=64)  # one window of a random clip each (InfoNCE batch)
     c.data.flip = True  # mirror the pose (yaw, roll change sign; the audio is unchanged)
-    c.data.num_workers = 0
-    c.data.worker_buffer_size = 2
     c.data.cache_clips = 1000  # prepared clips (motion + audio features, no pixels) per process
 
     # The audio frontend (``vasa_jax.motion.audio``), as the motion stage reads it.
@@ -81,35 +67,15 @@ def base() -> ml_collections.ConfigDict:
     c.augment.splice = 0.0
     c.augment.splice_segments = 3  # segments (from as many clips) of a spliced example
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 100
-    c.optim.decay_steps = 0  # set to train.steps by get_config
-    c.optim.end_lr_factor = 0.02
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.98
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.1
-    c.optim.clip_norm = 1.0
-    c.optim.ema_decay = 0.99
+    c.optim = common.optim(lr=1e-3, end_lr_factor=0.02, b2=0.98, weight_decay=0.1,
+                           ema_decay=0.99)
+    c.train = common.train_loop(steps=2000, log_every=50, eval_every=500, checkpoint_every=500,
+                                keep_checkpoints=2)
+    c.train.stats_clips = 200  # clips read for the dataset statistics (normalisation)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 2000
-    c.train.log_every = 50
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 2
-    c.train.async_checkpoints = True
-    c.train.profile_steps = 0
-    c.train.profile_first_step = 10
-    c.train.stats_clips = 200
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"  # held-out identities: what capp_heldout.json reports
-    c.eval.max_clips = 0  # 0 = all
+    c.eval = common.evaluation()  # split: the held-out identities capp_heldout.json reports
     c.eval.hop = 0  # frames between windows of a clip (0 = the window: non-overlapping)
     c.eval.batch = 32  # retrieval within groups of this many windows (chance top-1 = 1/32)
-    c.eval.train_eval_split = "validation"
     c.eval.train_eval_clips = 64
     return c
 

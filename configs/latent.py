@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import from_variant
+from configs import common
 from configs.probe import get_config as probe_config
-from vasa_jax.eval.synthtalk_probe import SHIPPED_ESTIMATOR
-
+from vasa_jax.instruments.probe import SHIPPED_ESTIMATOR
 from vasa_jax.parallel import DEFAULT_RULES
 
 # Convolution channels shard over 'fsdp' (the output side) and 'tensor' (the input side).
@@ -30,32 +29,18 @@ LATENT_RULES = tuple(DEFAULT_RULES) + (("conv_out", "fsdp"), ("conv_in", "tensor
 
 
 def get_config(arg: str = "synthtalk64") -> ml_collections.ConfigDict:
-    c = from_variant("latent", arg, base, VARIANTS)
+    c = common.from_variant("latent", arg, base, VARIANTS)
     c.model.resolution = c.data.resolution
     return c
 
 
 def base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.task = "latent"
-    c.variant = ""
-    c.seed = 0
-    c.mesh_shape = (-1, 1, 1)
-    c.num_devices = 0
-    c.axis_rules = LATENT_RULES
+    c = common.runtime("latent", axis_rules=LATENT_RULES)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "synthtalk"
-    c.data.config = "res64_small"
+    c.data = common.data(batch_size=16)  # each example is a (source, driver) pair of one clip
     c.data.resolution = 64
-    c.data.data_dir = ""
-    c.data.split = "train"
-    c.data.batch_size = 16  # global; each example is a (source, driver) pair of one clip
     c.data.other_clip_driver = 0.0  # P(the driver is a frame of another clip of the same person)
-    c.data.flip = True
     c.data.colour_jitter = 0.0
-    c.data.num_workers = 0
-    c.data.worker_buffer_size = 2
 
     m = c.model = ml_collections.ConfigDict()
     m.resolution = 64  # set from data.resolution
@@ -102,7 +87,6 @@ def base() -> ml_collections.ConfigDict:
     loss.consist = 2.0  # VASA-1's pose/dynamics disentanglement loss (L1)
     loss.cross_id = 1.0  # VASA-1's cross-identity loss (1 - cosine)
     loss.aux_fraction = 1.0  # share of the batch that also gets consist / cross_id
-    loss.identity_embedder = "self"  # "self": the model's own identity encoder, frozen
     # Guidance from motion labels (vasa_jax.latent.guidance; 0 = off, the papers' recipe):
     loss.pose_guide = 0.0  # L2 of z_pose against the head-pose labels
     loss.expression_guide = 0.0  # L2 of the expression readout of z_dyn against the labels
@@ -112,33 +96,11 @@ def base() -> ml_collections.ConfigDict:
     # i's identity with that driver's motion and emotion, which no real dataset has.
     loss.cross_render = False
 
-    c.optim = ml_collections.ConfigDict()  # MegaPortraits: AdamW 2e-4, betas (0.5, 0.999)
-    c.optim.lr = 2e-4
-    c.optim.warmup_steps = 100
-    c.optim.decay_steps = 0  # set to train.steps by get_config
-    c.optim.end_lr_factor = 0.005  # 2e-4 -> 1e-6
-    c.optim.b1 = 0.5
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 1e-2
-    c.optim.clip_norm = 1.0
-    c.optim.ema_decay = 0.999
-
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 200_000
-    c.train.log_every = 100
-    c.train.eval_every = 5000
-    c.train.checkpoint_every = 5000
-    c.train.keep_checkpoints = 3
-    c.train.async_checkpoints = True
-    c.train.profile_steps = 0
-    c.train.profile_first_step = 10
+    # MegaPortraits: AdamW 2e-4 cosine to 1e-6, betas (0.5, 0.999), weight decay 1e-2.
+    c.optim = common.optim(lr=2e-4, end_lr_factor=0.005, b1=0.5)
+    c.train = common.train_loop()
     c.train.image_every = 5000  # TensorBoard image grids (0: never)
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"
-    c.eval.max_clips = 0
-    c.eval.train_eval_split = "validation"
+    c.eval = common.evaluation()
     c.eval.train_eval_pairs = 32
     return c
 
@@ -339,7 +301,8 @@ def _quickstart(c):
 
 
 VARIANTS = {"test": _test, "synthtalk64": _synthtalk64, "synthtalk64_guided": _synthtalk64_guided,
-            "synthtalk64_oracle": _synthtalk64_oracle, "synthtalk64_estimator": _synthtalk64_estimator,
+            "synthtalk64_oracle": _synthtalk64_oracle,
+            "synthtalk64_estimator": _synthtalk64_estimator,
             "synthtalk64_unguided": _synthtalk64_unguided, "quickstart": _quickstart,
             "vox256": _vox256, "vox256_guided": _vox256_guided, "vox512": _paper,
             "paper": _paper}

@@ -18,33 +18,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import from_variant
-
-from vasa_jax.parallel import DEFAULT_RULES
+from configs import common
 
 
 def get_config(arg: str = "synthtalk") -> ml_collections.ConfigDict:
-    return from_variant("motion", arg, base, VARIANTS)
+    return common.from_variant("motion", arg, base, VARIANTS)
 
 
 def base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.task = "motion"
-    c.variant = ""
-    c.seed = 0
-    c.mesh_shape = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 fills with the remaining devices
-    c.num_devices = 0  # 0 = every device; N = the first N (tests compare mesh sizes)
-    c.axis_rules = tuple(DEFAULT_RULES)
+    c = common.runtime("motion")
 
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "synthtalk"
-    c.data.config = "res64_small"
-    c.data.data_dir = ""  # "" = $VASA_JAX_DATA_DIR or ~/tensorflow_datasets
-    c.data.split = "train"
-    c.data.batch_size = 32  # global
-    c.data.flip = True
-    c.data.num_workers = 0
-    c.data.worker_buffer_size = 2
+    c.data = common.data()
     c.data.cache_clips = 0  # >0: prepared clips kept per loading process (small datasets)
 
     c.audio = ml_collections.ConfigDict()
@@ -74,38 +58,16 @@ def base() -> ml_collections.ConfigDict:
     c.diffusion.max_audio_tail = 0  # 0 = W // 5
     c.diffusion.velocity_weight = 0.0  # our addition, not the paper's: weight of the Δx0 error
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-4
-    c.optim.warmup_steps = 1000
-    c.optim.decay_steps = 0  # set to train.steps by get_config
-    c.optim.end_lr_factor = 0.01
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.01
-    c.optim.clip_norm = 1.0
-    c.optim.ema_decay = 0.999
-
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 200_000
-    c.train.log_every = 100
-    c.train.eval_every = 5000
-    c.train.checkpoint_every = 5000
-    c.train.keep_checkpoints = 3
-    c.train.async_checkpoints = True
-    c.train.profile_steps = 0  # >0: trace this many steps from profile_first_step
-    c.train.profile_first_step = 10
-    c.train.stats_clips = 200
+    c.optim = common.optim(lr=1e-4, warmup_steps=1000)
+    c.train = common.train_loop()
+    c.train.stats_clips = 200  # clips read for the dataset statistics (normalisation)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.steps = 50
     c.sample.sampler = "ddim"
     c.sample.cfg = ml_collections.ConfigDict({"audio": 0.5, "gaze": 1.0})  # paper defaults
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"
-    c.eval.max_clips = 0  # 0 = all
-    c.eval.train_eval_split = "validation"
+    c.eval = common.evaluation()
     c.eval.train_eval_clips = 16
     c.eval.train_eval_steps = 10
     return c

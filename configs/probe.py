@@ -11,35 +11,20 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import from_variant
-
+from configs import common
 from data_pipeline.synthtalk.motion import MOTION_FIELDS
-from vasa_jax.parallel import DEFAULT_RULES
 
 
 def get_config(arg: str = "synthtalk64") -> ml_collections.ConfigDict:
-    return from_variant("probe", arg, base, VARIANTS)
+    return common.from_variant("probe", arg, base, VARIANTS)
 
 
 def base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.task = "probe"
-    c.variant = ""
-    c.seed = 0
-    c.mesh_shape = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 fills with the remaining devices
-    c.num_devices = 0  # 0 = every device; N = the first N
-    c.axis_rules = tuple(DEFAULT_RULES)  # the probe's axis names have no rule: replicated
+    c = common.runtime("probe")
 
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "synthtalk"
-    c.data.config = "res64_small"
-    c.data.data_dir = ""  # "" = $VASA_JAX_DATA_DIR or ~/tensorflow_datasets
-    c.data.split = "train"
-    c.data.batch_size = 64  # global; one random frame of a random clip per example
+    c.data = common.data(batch_size=64)  # one random frame of a random clip per example
     c.data.flip = True  # mirror (the loader mirrors the ground truth too)
     c.data.colour_jitter = 0.1
-    c.data.num_workers = 0
-    c.data.worker_buffer_size = 2
     c.data.cache_clips = 0  # >0: prepared clips (encoded frames) kept per loading process
 
     c.augment = ml_collections.ConfigDict()  # on the device, per example
@@ -65,33 +50,12 @@ def base() -> ml_collections.ConfigDict:
     c.loss.field_weights.jaw_open = 4.0
     c.loss.field_weights.yaw = 2.0
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 100
-    c.optim.decay_steps = 0  # set to train.steps by get_config
-    c.optim.end_lr_factor = 0.01
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 1e-4
-    c.optim.clip_norm = 1.0
-    c.optim.ema_decay = 0.99
+    c.optim = common.optim(lr=3e-3, weight_decay=1e-4, ema_decay=0.99)
+    c.train = common.train_loop(steps=2000, log_every=50, eval_every=1000,
+                                checkpoint_every=1000, keep_checkpoints=2)
+    c.train.stats_clips = 200  # clips read for the dataset statistics (normalisation)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 2000
-    c.train.log_every = 50
-    c.train.eval_every = 1000
-    c.train.checkpoint_every = 1000
-    c.train.keep_checkpoints = 2
-    c.train.async_checkpoints = True
-    c.train.profile_steps = 0  # >0: trace this many steps from profile_first_step
-    c.train.profile_first_step = 10
-    c.train.stats_clips = 200
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"  # held-out identities: what probe_heldout.json reports
-    c.eval.max_clips = 0  # 0 = all
-    c.eval.train_eval_split = "validation"
+    c.eval = common.evaluation()  # split: the held-out identities probe_heldout.json reports
     c.eval.train_eval_clips = 8
     return c
 

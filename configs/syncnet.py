@@ -15,33 +15,19 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import from_variant
-from vasa_jax.parallel import DEFAULT_RULES
+from configs import common
 
 
 def get_config(arg: str = "synthtalk64") -> ml_collections.ConfigDict:
-    return from_variant("syncnet", arg, base, VARIANTS)
+    return common.from_variant("syncnet", arg, base, VARIANTS)
 
 
 def base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.task = "syncnet"
-    c.variant = ""
-    c.seed = 0
-    c.mesh_shape = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 fills with the remaining devices
-    c.num_devices = 0  # 0 = every device; N = the first N
-    c.axis_rules = tuple(DEFAULT_RULES)  # SyncNet's axis names have no rule: replicated
+    c = common.runtime("syncnet")
 
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "synthtalk"
-    c.data.config = "res64_small"
-    c.data.data_dir = ""  # "" = $VASA_JAX_DATA_DIR or ~/tensorflow_datasets
-    c.data.split = "train"
-    c.data.batch_size = 32  # global; one window (5 frames + 2 max_shift + 1 of audio) per clip
+    c.data = common.data()  # one window (5 frames + 2 max_shift + 1 of audio) per clip
     c.data.flip = True  # mirror the frames (the audio stays)
     c.data.colour_jitter = 0.1
-    c.data.num_workers = 0
-    c.data.worker_buffer_size = 2
     c.data.cache_clips = 0  # >0: prepared clips (encoded frames) kept per loading process
 
     c.model = ml_collections.ConfigDict()
@@ -56,34 +42,14 @@ def base() -> ml_collections.ConfigDict:
     c.loss.temperature = 0.07
     c.loss.shift_weight = 0.0  # x cross-entropy among the own clip's shifts only (timing alone)
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 2e-3
-    c.optim.warmup_steps = 50
-    c.optim.decay_steps = 0  # set to train.steps by get_config
-    c.optim.end_lr_factor = 0.02
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 1e-4
-    c.optim.clip_norm = 1.0
-    c.optim.ema_decay = 0.99
+    c.optim = common.optim(lr=2e-3, warmup_steps=50, end_lr_factor=0.02, weight_decay=1e-4,
+                           ema_decay=0.99)
+    c.train = common.train_loop(steps=1000, log_every=50, eval_every=500, checkpoint_every=500,
+                                keep_checkpoints=2)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.log_every = 50
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 2
-    c.train.async_checkpoints = True
-    c.train.profile_steps = 0
-    c.train.profile_first_step = 10
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"  # held-out identities: what syncnet_heldout.json reports
-    c.eval.max_clips = 0  # 0 = all
+    c.eval = common.evaluation()  # split: the held-out identities syncnet_heldout.json reports
     c.eval.vshift = 15  # offsets -15..15 frames, as Wav2Lip's LSE-C / LSE-D
     c.eval.calib_batches = 30  # training batches of 32 for the BatchNorm statistics
-    c.eval.train_eval_split = "validation"
     c.eval.train_eval_clips = 16
     c.eval.train_eval_calib_batches = 5
     return c

@@ -34,21 +34,24 @@ class TrainState:
     nonfinite: jax.Array
 
 
-def lr_schedule(cfg) -> optax.Schedule:
+def lr_schedule(cfg, total_steps: int) -> optax.Schedule:
     """Linear warmup to ``cfg.lr`` over ``cfg.warmup_steps``, then cosine to
-    ``cfg.lr * cfg.end_lr_factor`` at ``cfg.decay_steps``."""
+    ``cfg.lr * cfg.end_lr_factor`` at ``cfg.decay_steps`` or, when that is 0 (the configs'
+    default), at ``total_steps``: the run's ``train.steps``, read here rather than copied into
+    the config so that overriding ``train.steps`` moves the end of the decay with it."""
+    decay = int(cfg.decay_steps or total_steps)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.lr, warmup_steps=max(int(cfg.warmup_steps), 1),
-        decay_steps=max(int(cfg.decay_steps), int(cfg.warmup_steps) + 1),
-        end_value=cfg.lr * cfg.end_lr_factor)
+        decay_steps=max(decay, int(cfg.warmup_steps) + 1), end_value=cfg.lr * cfg.end_lr_factor)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW (weight decay on matrices only) with ``lr_schedule``."""
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW (weight decay on matrices only) with
+    ``lr_schedule(cfg, total_steps)``."""
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
     return optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+        optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                     weight_decay=cfg.weight_decay, mask=decay_mask))
 
 
