@@ -1,6 +1,6 @@
 """Training steps for the PyTorch MotionDiT baseline: the stage-2 loss
-(``baselines.torch.diffusion.training_loss``) with our optimiser's twin
-(``baselines.torch.optim.AdamWLikeOptax``).
+(``baselines.torch_baseline.diffusion.training_loss``) with our optimiser's twin
+(``baselines.torch_baseline.optim.AdamWLikeOptax``).
 
 Every random draw (timesteps, noise, condition drops) and every batch is an argument, so a run
 can be fed exactly what our JAX trainer sees (``launch/compare_convergence.py`` does).
@@ -13,9 +13,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from baselines.torch import diffusion as tdiff
-from baselines.torch.motion_dit import MotionDiT, make_motion_dit
-from baselines.torch.optim import AdamWLikeOptax
+from baselines.torch_baseline import diffusion as tdiff
+from baselines.torch_baseline.motion_dit import MotionDiT, make_motion_dit
+from baselines.torch_baseline.optim import AdamWLikeOptax
 
 BATCH_KEYS = ("motion", "audio_features", "gaze", "distance", "emotion")
 
@@ -29,7 +29,8 @@ class MotionTrainer:
     """A torch MotionDiT, its noise schedule and optimiser, stepping on given batches.
 
     Args:
-      config: a ``configs/motion.py`` config (``model``, ``diffusion``, ``optim`` are used).
+      config: a ``configs/motion.py`` config (``model``, ``diffusion``, ``optim``, ``train.steps``
+        are used).
       weights: torch-named arrays (``vasa_jax.interop.motion_dit.flax_to_torch``), loaded with
         ``strict=True``; None keeps torch's own initialisation.
       decay_names: parameter names with weight decay (None: ndim >= 2, as ours).
@@ -44,7 +45,8 @@ class MotionTrainer:
         self.schedule = tdiff.make_schedule(config.diffusion.schedule,
                                             config.diffusion.train_steps)
         self.velocity_weight = float(config.diffusion.velocity_weight)
-        self.optimizer = AdamWLikeOptax(self.model.named_parameters(), config.optim, decay_names)
+        self.optimizer = AdamWLikeOptax(self.model.named_parameters(), config.optim,
+                                        config.train.steps, decay_names)
         self.model.train()
 
     def step(self, batch: Mapping[str, np.ndarray], t: np.ndarray, noise: np.ndarray,

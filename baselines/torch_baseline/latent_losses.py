@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.torch.face_latent import FaceLatentModel, to_unit
+from baselines.torch_baseline.face_latent import FaceLatentModel, to_unit
 
 # VGG16's conv layers per block; lpips' input scaling ([-1, 1] -> ImageNet-normalised).
 _VGG_BLOCKS = (2, 2, 3, 3, 3)
@@ -177,7 +177,7 @@ def uses_discriminator(loss_cfg: Any) -> bool:
 def generator_outputs(model: FaceLatentModel, frames: torch.Tensor, loss_cfg: Any
                       ) -> dict[str, torch.Tensor]:
     """All images one generator step needs, from one batched decode; frames uint8
-    (b, 2, R, R, 3). Keys and rows as ``vasa_jax.train.latent_task.generator_outputs``:
+    (b, 2, R, R, 3). Keys and rows as ``vasa_jax.latent.objective.generator_outputs``:
     ``recon`` (b), ``recon_back`` (b, if symmetric), ``consist_j``/``consist_i`` (a each),
     ``cross`` (a), images (n, 3, R, R); ``src``, ``drv`` (b, 3, R, R); ``zid_src`` (a, id_dim);
     a = max(1, round(b aux_fraction))."""

@@ -5,8 +5,8 @@ weight_decay, mask=ndim >= 2))``. Here:
 
 - the schedule: ``warmup_cosine_lr`` is ``optax.warmup_cosine_decay_schedule`` with
   ``init_value=0``: linear 0 -> lr over ``warmup_steps``, then cosine to ``lr * end_lr_factor``
-  at ``decay_steps``; evaluated at the number of updates applied so far (optax's ``count``), so
-  the first update uses lr(0) = 0 as ours does;
+  at ``decay_steps`` (0: at the run's ``total_steps``, as ours); evaluated at the number of
+  updates applied so far (optax's ``count``), so the first update uses lr(0) = 0 as ours does;
 - clipping: ``clip_grad_global_norm_`` scales all gradients by ``clip_norm / norm`` when the
   global L2 norm is >= ``clip_norm`` (optax's rule; ``torch.nn.utils.clip_grad_norm_`` adds 1e-6
   to the norm and so differs slightly);
@@ -24,13 +24,14 @@ from typing import Any, Iterable, Mapping
 import torch
 
 
-def warmup_cosine_lr(step: int, cfg: Any) -> float:
+def warmup_cosine_lr(step: int, cfg: Any, total_steps: int) -> float:
     """The learning rate of update ``step`` (0-based) for an ``optim`` config (``lr``,
-    ``warmup_steps``, ``decay_steps``, ``end_lr_factor``); equals
-    ``vasa_jax.train.state.lr_schedule(cfg)(step)``."""
+    ``warmup_steps``, ``decay_steps``, ``end_lr_factor``) in a run of ``total_steps`` updates
+    (the decay's length when ``decay_steps`` is 0); equals
+    ``vasa_jax.train.state.lr_schedule(cfg, total_steps)(step)``."""
     peak = float(cfg.lr)
     warmup = max(int(cfg.warmup_steps), 1)
-    decay = max(int(cfg.decay_steps), int(cfg.warmup_steps) + 1)
+    decay = max(int(cfg.decay_steps or total_steps), int(cfg.warmup_steps) + 1)
     end = peak * float(cfg.end_lr_factor)
     if step < warmup:
         return peak * step / warmup
@@ -63,11 +64,13 @@ class AdamWLikeOptax:
       named_params: (name, parameter) pairs, e.g. ``model.named_parameters()``.
       cfg: an ``optim`` config (``lr``, ``warmup_steps``, ``decay_steps``, ``end_lr_factor``,
         ``b1``, ``b2``, ``eps``, ``weight_decay``, ``clip_norm``).
+      total_steps: the run's length (``train.steps``): the schedule's decay length when
+        ``cfg.decay_steps`` is 0.
       decay_names: the names that get weight decay; None = parameters with ndim >= 2 (our mask).
     """
 
     def __init__(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: Any,
-                 decay_names: Iterable[str] | None = None):
+                 total_steps: int, decay_names: Iterable[str] | None = None):
         named = [(n, p) for n, p in named_params if p.requires_grad]
         names = {n for n, _ in named}
         if decay_names is None:
@@ -77,7 +80,7 @@ class AdamWLikeOptax:
             unknown = sorted(decay - names)
             if unknown:
                 raise ValueError(f"decay_names not among the parameters: {unknown}.")
-        self.cfg = cfg
+        self.cfg, self.total_steps = cfg, int(total_steps)
         self.decay_names = frozenset(decay)
         self.params = [p for _, p in named]
         groups = [{"params": [p for n, p in named if n in decay],
@@ -95,7 +98,7 @@ class AdamWLikeOptax:
         """Clip the gradients, set this update's lr, apply AdamW. Returns {"grad_norm" (before
         clipping), "lr"}."""
         norm = clip_grad_global_norm_(self.params, float(self.cfg.clip_norm))
-        lr = warmup_cosine_lr(self.count, self.cfg)
+        lr = warmup_cosine_lr(self.count, self.cfg, self.total_steps)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.step()

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from baselines.torch.motion_dit import MotionDiT
+from baselines.torch_baseline.motion_dit import MotionDiT
 
 
 @dataclass(frozen=True)
