@@ -1,4 +1,4 @@
-"""CAPP configs (``vasa_jax.train.capp_task``; the model is ``vasa_jax.eval.capp``): contrastive
+"""CAPP configs (``vasa_jax.train.capp_task``; the model is ``vasa_jax.instruments.capp``): contrastive
 audio-pose pretraining, VASA-1's audio-pose alignment instrument. Variants: ``test`` (tiny, CPU
 tests, 12-frame windows of res64_tiny's 25-frame clips), ``synthtalk64`` (3-s windows of
 res64_small's 75-frame clips; the real instrument: 600 steps of 64 windows, 6 min 10 s of training
@@ -6,9 +6,8 @@ on a shared 2-core CPU, ~8 min with start-up; held-out test identities, 100 wind
 score 0.212 +- 0.163, shuffled audio 0.025 (mean off-diagonal 0.004), retrieval top-1 0.30 /
 top-5 0.59 within batches of 32, chance 0.031).
 
-Launch (then write the held-out figures that ``load_capp`` requires):
+Launch (training ends by writing the held-out figures that ``load_capp`` requires):
   python launch/train.py --config=configs/capp.py:synthtalk64 --workdir=runs/capp
-  python -c "from vasa_jax.train.capp_task import write_heldout; write_heldout('runs/capp')"
 """
 
 from __future__ import annotations
@@ -73,7 +72,9 @@ def base() -> ml_collections.ConfigDict:
                                 keep_checkpoints=2)
     c.train.stats_clips = 200  # clips read for the dataset statistics (normalisation)
 
-    c.eval = common.evaluation()  # split: the held-out identities capp_heldout.json reports
+    # split: the held-out identities capp_heldout.json reports, written when training ends
+    c.eval = common.evaluation()
+    c.eval.heldout_after_training = True
     c.eval.hop = 0  # frames between windows of a clip (0 = the window: non-overlapping)
     c.eval.batch = 32  # retrieval within groups of this many windows (chance top-1 = 1/32)
     c.eval.train_eval_clips = 64

@@ -69,7 +69,8 @@ def train_loop(**overrides) -> ml_collections.ConfigDict:
 
 def evaluation(**overrides) -> ml_collections.ConfigDict:
     """The final evaluation reads ``split`` (the held-out identities; ``max_clips`` 0 = all);
-    the evaluation during training reads ``train_eval_split``."""
+    the evaluation during training reads ``train_eval_split``. Instruments add
+    ``heldout_after_training`` by assignment: measure on ``split`` when training ends."""
     return _block("evaluation", dict(split="test", max_clips=0,
                                      train_eval_split="validation"), overrides)
 

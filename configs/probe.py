@@ -2,9 +2,8 @@
 ``synthtalk64`` (res64_small, 2200 steps of 32 frames; 7 min 40 s on a shared 2-core CPU; held-out
 identities: jaw_open r 0.958, yaw r 0.987, emotion accuracy 0.75 per frame).
 
-Launch (then write the held-out metrics that ``load_probe`` requires):
+Launch (training ends by writing the held-out metrics that ``load_probe`` requires):
   python launch/train.py --config=configs/probe.py:synthtalk64 --workdir=runs/probe
-  python -c "from vasa_jax.train.probe_task import write_heldout; write_heldout('runs/probe')"
 """
 
 from __future__ import annotations
@@ -55,7 +54,9 @@ def base() -> ml_collections.ConfigDict:
                                 checkpoint_every=1000, keep_checkpoints=2)
     c.train.stats_clips = 200  # clips read for the dataset statistics (normalisation)
 
-    c.eval = common.evaluation()  # split: the held-out identities probe_heldout.json reports
+    # split: the held-out identities probe_heldout.json reports, written when training ends
+    c.eval = common.evaluation()
+    c.eval.heldout_after_training = True
     c.eval.train_eval_clips = 8
     return c
 

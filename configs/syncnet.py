@@ -5,10 +5,9 @@ shared with other jobs; on the 100 held-out ``test`` clips: AV offset 0 on every
 0.77 / LSE-D 0.53, with the audio of another clip LSE-C 0.18 / LSE-D 1.17 and offset accuracy
 0.07, chance 0.10).
 
-Launch (then estimate the BatchNorm statistics and write the held-out metrics that
-``load_syncnet`` requires):
+Launch (training ends by estimating the BatchNorm statistics and writing the held-out metrics
+that ``load_syncnet`` requires):
   python launch/train.py --config=configs/syncnet.py:synthtalk64 --workdir=runs/syncnet
-  python -c "from vasa_jax.train.syncnet_task import write_heldout; write_heldout('runs/syncnet')"
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.cache_clips = 0  # >0: prepared clips (encoded frames) kept per loading process
 
     c.model = ml_collections.ConfigDict()
-    c.model.size = "small"  # vasa_jax.eval.syncnet.SIZES; the trained instrument is 'small'
+    c.model.size = "small"  # vasa_jax.instruments.syncnet.SIZES; the trained instrument is 'small'
     c.model.lip_widths = (24, 48, 64, 128)
     c.model.audio_widths = (16, 32, 64, 128)  # it runs on B (2 max_shift + 1) patches a step
     c.model.fc_hidden = 128
@@ -47,7 +46,9 @@ def base() -> ml_collections.ConfigDict:
     c.train = common.train_loop(steps=1000, log_every=50, eval_every=500, checkpoint_every=500,
                                 keep_checkpoints=2)
 
-    c.eval = common.evaluation()  # split: the held-out identities syncnet_heldout.json reports
+    # split: the held-out identities syncnet_heldout.json reports, written when training ends
+    c.eval = common.evaluation()
+    c.eval.heldout_after_training = True
     c.eval.vshift = 15  # offsets -15..15 frames, as Wav2Lip's LSE-C / LSE-D
     c.eval.calib_batches = 30  # training batches of 32 for the BatchNorm statistics
     c.eval.train_eval_clips = 16

@@ -44,7 +44,7 @@ from flax import nnx
 
 from data_pipeline.synthtalk.motion import EMOTIONS, MOTION_FIELDS
 from vasa_jax.chunks import map_chunks
-from vasa_jax.nn.layers import dense, dtype_of, stat
+from vasa_jax.nn.layers import MotionStats, dense, dtype_of, set_mean_std, stat
 
 HELDOUT_FILE = "probe_heldout.json"
 # The shipped measuring probe and the shipped motion estimator (same architecture, another
@@ -104,7 +104,7 @@ def to_unit_range(frames: jax.Array) -> jax.Array:
     return frames.astype(jnp.float32)
 
 
-class ProbeNetwork(nnx.Module):
+class ProbeNetwork(MotionStats, nnx.Module):
     """frames (b, R, R, 3) -> (motion (b, M) in normalised units, emotion logits (b, E)).
 
     Args: ``widths`` per stride-2 stage (R must be divisible by 2 ** len(widths)), ``blocks``
@@ -141,14 +141,7 @@ class ProbeNetwork(nnx.Module):
     # -- normalisation -------------------------------------------------------------------------
     def set_stats(self, motion_mean, motion_std) -> None:
         """Install the dataset's per-field motion mean and std (arrays of size M)."""
-        self.motion_mean[...] = jnp.asarray(motion_mean, jnp.float32)
-        self.motion_std[...] = jnp.maximum(jnp.asarray(motion_std, jnp.float32), 1e-3)
-
-    def normalize_motion(self, m: jax.Array) -> jax.Array:
-        return (m - self.motion_mean[...]) / self.motion_std[...]
-
-    def denormalize_motion(self, m: jax.Array) -> jax.Array:
-        return m * self.motion_std[...] + self.motion_mean[...]
+        set_mean_std(self.motion_mean, self.motion_std, motion_mean, motion_std, 1e-3)
 
     # -- forward -------------------------------------------------------------------------------
     def features(self, frames: jax.Array) -> jax.Array:

@@ -28,12 +28,13 @@ from flax import nnx
 
 from vasa_jax.nn.attention import AdaLNBlock, modulate
 from vasa_jax.nn.embeddings import fourier, sinusoidal
-from vasa_jax.nn.layers import dense, dtype_of, layer_norm, learned, stat
+from vasa_jax.nn.layers import (MotionStats, dense, dtype_of, layer_norm, learned, set_mean_std,
+                                 stat)
 
 CONDITIONS = ("audio", "context", "gaze", "distance", "emotion")
 
 
-class MotionDiT(nnx.Module):
+class MotionDiT(MotionStats, nnx.Module):
     """x0-predicting diffusion transformer.
 
     Args (from ``config.model``): motion_dim M, audio_dim A, width, depth, heads, mlp_ratio,
@@ -87,16 +88,8 @@ class MotionDiT(nnx.Module):
     # -- normalisation -------------------------------------------------------------------------
     def set_stats(self, motion_mean, motion_std, audio_mean, audio_std) -> None:
         """Install dataset statistics (arrays of size M, M, A, A)."""
-        self.motion_mean[...] = jnp.asarray(motion_mean, jnp.float32)
-        self.motion_std[...] = jnp.maximum(jnp.asarray(motion_std, jnp.float32), 1e-4)
-        self.audio_mean[...] = jnp.asarray(audio_mean, jnp.float32)
-        self.audio_std[...] = jnp.maximum(jnp.asarray(audio_std, jnp.float32), 1e-4)
-
-    def normalize_motion(self, m: jax.Array) -> jax.Array:
-        return (m - self.motion_mean[...]) / self.motion_std[...]
-
-    def denormalize_motion(self, m: jax.Array) -> jax.Array:
-        return m * self.motion_std[...] + self.motion_mean[...]
+        set_mean_std(self.motion_mean, self.motion_std, motion_mean, motion_std, 1e-4)
+        set_mean_std(self.audio_mean, self.audio_std, audio_mean, audio_std, 1e-4)
 
     def normalize_audio(self, a: jax.Array) -> jax.Array:
         return (a - self.audio_mean[...]) / self.audio_std[...]

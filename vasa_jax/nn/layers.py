@@ -70,6 +70,23 @@ def stat(values) -> Stat:
     return Stat(jnp.asarray(values, jnp.float32), out_sharding=(None,))
 
 
+def set_mean_std(mean_var: Stat, std_var: Stat, mean, std, min_std: float) -> None:
+    """Install a dataset's mean and std (std floored at ``min_std``) into two ``Stat``s."""
+    mean_var[...] = jnp.asarray(mean, jnp.float32)
+    std_var[...] = jnp.maximum(jnp.asarray(std, jnp.float32), min_std)
+
+
+class MotionStats:
+    """For a model holding the dataset's motion statistics in ``Stat`` variables
+    ``motion_mean`` and ``motion_std`` (M,): motion in physical units <-> normalised units."""
+
+    def normalize_motion(self, m: jax.Array) -> jax.Array:
+        return (m - self.motion_mean[...]) / self.motion_std[...]
+
+    def denormalize_motion(self, m: jax.Array) -> jax.Array:
+        return m * self.motion_std[...] + self.motion_mean[...]
+
+
 def learned(shape: Sequence[int], axes: Sequence[str | None], *, rngs: nnx.Rngs,
             stddev: float = 0.02) -> nnx.Param:
     """A learned tensor (positional table, null embedding) with logical ``axes``."""
