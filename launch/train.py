@@ -1,5 +1,8 @@
 """Train a stage: ``python launch/train.py --config=configs/motion.py:synthtalk --workdir=DIR``.
 
+The multi-host entry point; ``vasa-jax train`` is the one-host one, and both call
+``vasa_jax.train.run.run(config, workdir)``.
+
 Config overrides: ``--config.train.steps=1000 --config.data.batch_size=64``. Multi-process: pass
 ``--coordinator_address/--num_processes/--process_id`` (or run under SLURM / on a TPU pod, where
 they are detected); ``launch/local_multihost.py`` starts several local CPU processes.
@@ -13,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path:variant).",
@@ -33,15 +36,9 @@ def main(argv):
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value,
                            heartbeat_timeout_seconds=_HEARTBEAT.value)
-    from vasa_jax.train.tasks import make_task
-    from vasa_jax.train.trainer import Trainer
+    from vasa_jax.train.run import run
 
-    config = _CONFIG.value
-    trainer = Trainer(make_task(config), config, _WORKDIR.value)
-    logging.info("%s: %d parameters on mesh %s", config.task, trainer.num_params(),
-                 dict(trainer.mesh.shape))
-    result = trainer.fit()
-    logging.info("done: %s", result)
+    run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,30 @@ def test_console_script_is_installed():
         pytest.skip("package not installed in this interpreter's environment")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "quickstart" in r.stdout
+
+
+def test_overrides_parse_like_config_flags_and_name_the_close_field(tmp_path, capsys):
+    from ml_collections import ConfigDict
+
+    from vasa_jax.train.run import ConfigError, apply_overrides, load_config
+
+    c = load_config("latent", "test", data_dir="/d", overrides=[
+        "train.steps=7", "optim.lr=1e-3", "model.pixel_warp=True", "model.g3d_channels=(4,8)",
+        "data.config=res64_tiny"])
+    assert (c.train.steps, c.optim.lr, c.model.pixel_warp) == (7, 1e-3, True)
+    assert c.model.g3d_channels == (4, 8) and (c.data.config, c.data.data_dir) == (
+        "res64_tiny", "/d")
+    with pytest.raises(ConfigError, match="'trian.steps'; did you mean 'train.steps'"):
+        load_config("latent", "test", overrides=["trian.steps=3"])
+    with pytest.raises(ConfigError, match="train.steps=abc"):
+        load_config("latent", "test", overrides=["train.steps=abc"])
+    settings = apply_overrides(ConfigDict(), ["frontend=wav2vec2", "layer=9", "checkpoint=/a/b",
+                                              "mix_layers=True"], new_fields=True).to_dict()
+    assert settings == {"frontend": "wav2vec2", "layer": 9, "checkpoint": "/a/b",
+                        "mix_layers": True}
+    assert cli.main(["train", "latent", "--variant", "test", "--workdir", str(tmp_path),
+                     "--set", "model.pixel_wrap=1"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown config field 'model.pixel_warp'" not in err
+    assert "Unknown config field 'model.pixel_wrap'" in err and "'model.pixel_warp'" in err
+    assert list(tmp_path.iterdir()) == []
