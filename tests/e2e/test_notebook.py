@@ -10,7 +10,8 @@ from PIL import Image
 from data_pipeline.synthtalk.generate import generate_clip
 from vasa_jax.safety.provenance import read_manifest
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(__file__)), "colabs", "inference.ipynb")
+NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "colabs",
+                        "inference.ipynb")
 
 
 @pytest.mark.slow

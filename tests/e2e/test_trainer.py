@@ -20,7 +20,7 @@ from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.train.motion_task import MotionTask
 from vasa_jax.train.trainer import Trainer, read_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "motion_test_param_shardings.json")
 
 

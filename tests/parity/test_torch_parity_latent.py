@@ -24,7 +24,7 @@ Two tiers:
   which it switches off, switched on, so every module runs at that size).
 
 Regenerate the golden file (after an intended change of the model) with
-  python tests/test_torch_parity_latent.py
+  PYTHONPATH=tests python tests/parity/test_torch_parity_latent.py
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import parity_checks as checks
 import pytest
 from flax import nnx
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:  # the baselines/ folder is not an installed package
     sys.path.insert(0, REPO)
 
@@ -52,7 +52,7 @@ from vasa_jax.latent.objective import (discriminator_loss, generator_loss_terms,
                                        uses_discriminator)
 from vasa_jax.models import DISCRIMINATOR  # noqa: E402
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden",
+GOLDEN = os.path.join(REPO, "tests", "golden",
                       "face_latent_parity.npz")
 # Forward values are within [-1, 1] images and unit-scale features: 2e-5 is 1/200 of a uint8
 # level. (Our GroupNorm takes both statistics in one shifted pass, torch in two: at

@@ -9,7 +9,7 @@ Two tiers:
   the mid-size ``synthtalk`` config (4 x 160, W=50, K=10, velocity term on).
 
 Regenerate the golden file (after an intended change of the model) with
-  python tests/test_torch_parity.py
+  PYTHONPATH=tests python tests/parity/test_torch_parity.py
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import parity_checks as checks
 import pytest
 from flax import nnx
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:  # the baselines/ folder is not an installed package
     sys.path.insert(0, REPO)
 
@@ -35,7 +35,7 @@ from vasa_jax.motion import diffusion  # noqa: E402
 from vasa_jax.motion.dit import make_motion_dit  # noqa: E402
 from vasa_jax.motion.objective import denoising_loss, window_conditions  # noqa: E402
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden",
+GOLDEN = os.path.join(REPO, "tests", "golden",
                       "motion_dit_parity.npz")
 WEIGHTS_SEED = 1
 FWD_TOL, LOSS_TOL, GRAD_TOL = 1e-5, 1e-5, 1e-4
