@@ -115,17 +115,18 @@ def restore_model(workdir: str, *, step: int | None = None, task: str | None = N
     says how to train one, in the FileNotFoundError raised when there is no checkpoint.
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    what = what or f"{task or 'trained'}"
-    fix = fix or train_command(workdir, task)
+    what = what or f"{task or 'trained'} run"
+    missing = (f"No checkpoint under {ckpt_dir} (a {what} is needed there). "
+               f"{fix or train_command(workdir, task)}")
     if not epath.Path(ckpt_dir).is_dir():
-        raise FileNotFoundError(f"No {what} checkpoint under {ckpt_dir}. {fix}")
+        raise FileNotFoundError(missing)
     try:
         step, config = read_config(ckpt_dir, step)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"No {what} checkpoint under {ckpt_dir}. {fix}") from e
+        raise FileNotFoundError(missing) from e
     config = ml_collections.ConfigDict(config)
     if task is not None and config.task != task:
-        raise ValueError(f"{workdir} holds a {config.task!r} run, not {what}.")
+        raise ValueError(f"{workdir} holds a {config.task!r} run; a {what} is needed.")
     graphdef, groups, rest = split_groups(nnx.eval_shape(lambda: build_model(config)),
                                           config.task)
     ema = ema_groups(config.task)

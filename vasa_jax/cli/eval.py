@@ -81,23 +81,24 @@ def eval_generate_set(args) -> list[str]:
 def eval_motion(args) -> tuple[str, str]:
     """``eval motion``: stage 2's lip-sync / head-motion / gaze table, one row per λA."""
     from vasa_jax.eval.motion_eval import evaluate_motion, markdown_table, real_row, write_report
-    from vasa_jax.train.motion_task import read_clips
-    from vasa_jax.train.restore import host_model, load_trainer
+    from data_pipeline.views import read_clips
+    from vasa_jax.models import restore_model
+    from vasa_jax.motion.diffusion import make_schedule
 
-    with user_errors(FileNotFoundError):
-        trainer, step = load_trainer(args.workdir)
-    config = trainer.config
+    with user_errors(FileNotFoundError, ValueError):
+        run = restore_model(args.workdir, task="motion", what="stage-2 (motion) run")
+    model, step, config = run.model, run.step, run.config
     if args.data_dir:
         config.data.data_dir = args.data_dir
-    clips = read_clips(config, args.split, args.max_clips or None)
-    model = host_model(trainer)
+    clips = read_clips(config, args.split, args.max_clips or None, audio_features=True)
+    schedule = make_schedule(config.diffusion.schedule, config.diffusion.train_steps)
     gaze_scale = float(config.sample.cfg.get("gaze", 1.0))
     rows = {"Real video (ground truth)": real_row(clips)}
     for lam in [float(x) for x in args.cfg_audio.split(",")]:
         print(f"Generating motion for {len(clips)} {args.split} clips: λA={lam:g}, "
               f"λg={gaze_scale:g}, {args.steps} steps ...", flush=True)
         rows[f"MotionDiT, λA={lam:g}, λg={gaze_scale:g}, {args.steps} steps"] = evaluate_motion(
-            model, clips, trainer.task.schedule, num_steps=args.steps,
+            model, clips, schedule, num_steps=args.steps,
             sampler=config.sample.sampler, cfg_scales={"audio": lam, "gaze": gaze_scale},
             seed=args.seed)
     meta = {"workdir": args.workdir, "checkpoint_step": step, "split": args.split,
@@ -112,22 +113,21 @@ def eval_motion(args) -> tuple[str, str]:
 def eval_latent(args) -> tuple[str, str]:
     """``eval latent``: stage 1's self/cross-reenactment report on held-out people."""
     from vasa_jax.eval.latent_eval import evaluate_latent, write_report
-    from vasa_jax.train.restore import host_model, load_trainer
+    from vasa_jax.instruments.load import load_probe
+    from vasa_jax.models import restore_model
 
-    with user_errors(FileNotFoundError):
-        trainer, step = load_trainer(args.workdir)
+    with user_errors(FileNotFoundError, ValueError):
+        run = restore_model(args.workdir, task="latent", what="stage-1 (latent) run")
         probe = None
         if args.probe_workdir and args.probe_workdir != "none":
-            from vasa_jax.eval.synthtalk_probe import load_probe
-
             probe = load_probe(args.probe_workdir)
-    config = trainer.config
+    model, step, config = run.model, run.step, run.config
     if args.data_dir:
         config.data.data_dir = args.data_dir
     print(f"Stage-1 evaluation on {args.split} (checkpoint step {step}) ...")
     with user_errors(ValueError):
         result = evaluate_latent(
-            host_model(trainer), config, split=args.split, max_clips=args.max_clips,
+            model, config, split=args.split, max_clips=args.max_clips,
             probe=probe, frame_stride=args.frame_stride,
             progress=lambda k, n: print(f"\r  clip {k}/{n}", end="", flush=True))
     result.update(workdir=args.workdir, checkpoint_step=step,

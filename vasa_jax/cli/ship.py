@@ -13,15 +13,12 @@ def ship_weights(args) -> tuple[str, str]:
     from flax import nnx
 
     from vasa_jax import shipped
-    from vasa_jax.eval import capp, syncnet, synthtalk_probe
+    from vasa_jax.instruments.load import heldout_path, load_instrument
 
-    loaders = {"syncnet": (syncnet.HELDOUT_FILE, syncnet.load_syncnet),
-               "capp": (capp.HELDOUT_FILE, capp.load_capp),
-               "probe": (synthtalk_probe.HELDOUT_FILE, synthtalk_probe.load_probe)}
-    kind = next((k for k, (f, _) in loaders.items()
-                 if os.path.exists(os.path.join(args.workdir, f))), "probe")
+    kind = next((k for k in ("syncnet", "capp", "probe")
+                 if os.path.exists(heldout_path(args.workdir, k))), "probe")
     with user_errors(FileNotFoundError, ValueError):
-        net = loaders[kind][1](args.workdir)
+        net = load_instrument(kind, args.workdir)
     command = args.command or (f"vasa-jax train {kind} --workdir {args.workdir} --variant "
                                f"{net.config.variant} --set seed={net.config.seed}")
     paths = shipped.ship(args.name, nnx.merge(net.graphdef, net.state), kind=kind,
