@@ -45,11 +45,11 @@ def instrument(kind: str, instruments: str | None, data_dir: str | None, dataset
     workdir = os.path.join(instruments or "runs/instruments", kind)
     if os.path.exists(os.path.join(workdir, f"{kind}_heldout.json")):
         return workdir
-    from vasa_jax import cli
+    from vasa_jax.train.run import fit_stage
 
     print(f"Training the {kind} instrument into {workdir} (it is not there yet)", flush=True)
-    cli.train_stage(argparse.Namespace(stage=kind, variant="synthtalk64", data_dir=data_dir,
-                                       workdir=workdir, set=[f"data.config={dataset}"]))
+    fit_stage(kind, workdir, variant="synthtalk64", data_dir=data_dir,
+              overrides=[f"data.config={dataset}"])
     return workdir
 
 

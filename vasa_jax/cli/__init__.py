@@ -35,7 +35,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only a TFDS/
 from vasa_jax.cli import convert, data, generate, quickstart, ship, train  # noqa: E402
 from vasa_jax.cli import eval as evaluate  # noqa: E402
 from vasa_jax.cli.common import UserError  # noqa: E402
-from vasa_jax.cli.train import train_stage  # noqa: E402,F401  (benchmarks/quality.py)
 
 GROUPS = (quickstart, ship, train, evaluate, generate, convert, data)  # the order of --help
 
