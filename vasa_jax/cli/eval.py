@@ -80,31 +80,14 @@ def eval_generate_set(args) -> list[str]:
 
 def eval_motion(args) -> tuple[str, str]:
     """``eval motion``: stage 2's lip-sync / head-motion / gaze table, one row per λA."""
-    from vasa_jax.eval.motion_eval import evaluate_motion, markdown_table, real_row, write_report
-    from data_pipeline.views import read_clips
-    from vasa_jax.models import restore_model
-    from vasa_jax.motion.diffusion import make_schedule
+    from vasa_jax.eval.motion_eval import evaluate_workdir, markdown_table
 
     with user_errors(FileNotFoundError, ValueError):
-        run = restore_model(args.workdir, task="motion", what="stage-2 (motion) run")
-    model, step, config = run.model, run.step, run.config
-    if args.data_dir:
-        config.data.data_dir = args.data_dir
-    clips = read_clips(config, args.split, args.max_clips or None, audio_features=True)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.train_steps)
-    gaze_scale = float(config.sample.cfg.get("gaze", 1.0))
-    rows = {"Real video (ground truth)": real_row(clips)}
-    for lam in [float(x) for x in args.cfg_audio.split(",")]:
-        print(f"Generating motion for {len(clips)} {args.split} clips: λA={lam:g}, "
-              f"λg={gaze_scale:g}, {args.steps} steps ...", flush=True)
-        rows[f"MotionDiT, λA={lam:g}, λg={gaze_scale:g}, {args.steps} steps"] = evaluate_motion(
-            model, clips, schedule, num_steps=args.steps,
-            sampler=config.sample.sampler, cfg_scales={"audio": lam, "gaze": gaze_scale},
-            seed=args.seed)
-    meta = {"workdir": args.workdir, "checkpoint_step": step, "split": args.split,
-            "clips": len(clips), "dataset": f"{config.data.dataset}/{config.data.config}",
-            "sampler": config.sample.sampler, "seed": args.seed}
-    md, js = write_report(rows, args.out or os.path.join(args.workdir, "eval"), meta)
+        md, js, rows = evaluate_workdir(
+            args.workdir, split=args.split, max_clips=args.max_clips,
+            cfg_audio=[float(x) for x in args.cfg_audio.split(",")], steps=args.steps,
+            seed=args.seed, data_dir=args.data_dir, out=args.out,
+            progress=lambda m: print(m, flush=True))
     print(markdown_table(rows))
     print(f"\nWrote {md} and {js}")
     return md, js

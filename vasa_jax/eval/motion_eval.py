@@ -128,3 +128,36 @@ def write_report(rows: Mapping[str, Mapping[str, float]], out_dir: str, meta: Ma
         json.dump({"meta": dict(meta), "rows": {k: dict(v) for k, v in rows.items()}},
                   open(tmp, "w"), indent=2)
     return md_path, js_path
+
+
+def evaluate_workdir(workdir: str, *, split: str = "test", max_clips: int | None = None,
+                     cfg_audio: Sequence[float] = (1.0,), steps: int = 50, seed: int = 0,
+                     data_dir: str | None = None, out: str | None = None,
+                     progress=print) -> tuple[str, str, dict]:
+    """The stage-2 run in ``workdir`` (EMA weights) on the whole clips of ``split``: a ground
+    truth row and one row per audio guidance scale in ``cfg_audio`` (gaze guidance as the run's
+    config), written as markdown + JSON to ``out`` (default ``workdir/eval``). Returns
+    (md path, json path, rows). FileNotFoundError / ValueError name the fix for a missing or
+    wrong run."""
+    from data_pipeline.views import read_clips
+    from vasa_jax.models import restore_model
+
+    run = restore_model(workdir, task="motion", what="stage-2 (motion) run")
+    config = run.config
+    if data_dir:
+        config.data.data_dir = data_dir
+    clips = read_clips(config, split, max_clips or None, audio_features=True)
+    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.train_steps)
+    gaze_scale = float(config.sample.cfg.get("gaze", 1.0))
+    rows = {"Real video (ground truth)": real_row(clips)}
+    for lam in cfg_audio:
+        progress(f"Generating motion for {len(clips)} {split} clips: λA={lam:g}, "
+                 f"λg={gaze_scale:g}, {steps} steps ...")
+        rows[f"MotionDiT, λA={lam:g}, λg={gaze_scale:g}, {steps} steps"] = evaluate_motion(
+            run.model, clips, schedule, num_steps=steps, sampler=config.sample.sampler,
+            cfg_scales={"audio": lam, "gaze": gaze_scale}, seed=seed)
+    meta = {"workdir": workdir, "checkpoint_step": run.step, "split": split,
+            "clips": len(clips), "dataset": f"{config.data.dataset}/{config.data.config}",
+            "sampler": config.sample.sampler, "seed": seed}
+    md, js = write_report(rows, out or os.path.join(workdir, "eval"), meta)
+    return md, js, rows
