@@ -164,13 +164,14 @@ def test_latents_builder_records_and_rebuilds_the_wav2vec2_frontend(tiny_w2v):
     """The latents builder names its dataset from the frontend's full settings and rebuilds the
     frontend from them (in Beam workers too): the same features either way."""
     from data_pipeline.latents import latents_dataset_builder as lb
+    from vasa_jax.motion.audio import frontend_from_config
 
     _, ckpt = tiny_w2v
     settings = lb._frontend_settings({"frontend": "wav2vec2", "checkpoint": ckpt, "layer": 1})
     assert settings["frontend"] == "wav2vec2" and settings["checkpoint"] == os.path.abspath(ckpt)
     assert settings["layer"] == 1 and settings["mix_layers"] is False
     audio = np.random.default_rng(4).normal(0, 0.1, 5 * SAMPLES_PER_FRAME).astype(np.float32)
-    np.testing.assert_array_equal(lb._make_frontend(settings)(audio),
+    np.testing.assert_array_equal(frontend_from_config(settings)(audio),
                                   make_frontend("wav2vec2", checkpoint=ckpt, layer=1)(audio))
 
 
