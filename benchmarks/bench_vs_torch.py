@@ -434,6 +434,7 @@ class LatentCase:
 
         from vasa_jax.interop.face_latent import flax_to_torch, randomize
         from vasa_jax.latent.objective import generator_loss_terms
+        from vasa_jax.models import split_groups
         from vasa_jax.train.latent_task import LatentTask
         from vasa_jax.train.state import lr_schedule, make_optimizer, update_groups
 
@@ -443,8 +444,7 @@ class LatentCase:
         # abstract model, numpy-seeded): the trainer's initialiser compiles one XLA program per
         # parameter shape (~30 s here) and a step's time does not depend on the values.
         model = randomize(nnx.eval_shape(lambda: task.make_model(nnx.Rngs(c.seed))), c.seed)
-        graphdef, *split, rest = nnx.split(model, *task.param_groups.values(), ...)
-        params = dict(zip(task.param_groups, split))
+        graphdef, params, rest = split_groups(model, task.param_groups)
         groups = tuple(task.param_groups)
         txs = {g: make_optimizer(c.optim, c.train.steps) for g in groups}  # one per group
         inp = self.inputs(c)

@@ -83,9 +83,9 @@ def build_model(config, rngs: nnx.Rngs | None = None) -> nnx.Module:
     return make_syncnet(config.model, rngs=rngs)
 
 
-def split_groups(model: nnx.Module, task: str):
-    """(graphdef, {group: nnx.State}, rest) of ``model`` by ``param_groups(task)``."""
-    groups = param_groups(task)
+def split_groups(model: nnx.Module, groups: Mapping[str, Any]):
+    """(graphdef, {group: nnx.State}, rest) of ``model`` by the ordered {group: nnx filter}
+    ``groups`` (e.g. ``param_groups(task)``); what no filter matches is ``rest``."""
     graphdef, *states, rest = nnx.split(model, *groups.values(), ...)
     return graphdef, dict(zip(groups, states)), rest
 
@@ -128,7 +128,7 @@ def restore_model(workdir: str, *, step: int | None = None, task: str | None = N
     if task is not None and config.task != task:
         raise ValueError(f"{workdir} holds a {config.task!r} run; a {what} is needed.")
     graphdef, groups, rest = split_groups(nnx.eval_shape(lambda: build_model(config)),
-                                          config.task)
+                                          param_groups(config.task))
     ema = ema_groups(config.task)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 

@@ -31,7 +31,7 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from vasa_jax import parallel
+from vasa_jax import models, parallel
 from vasa_jax.checkpoint import Checkpointer, abstract_like
 from vasa_jax.train.state import (TrainState, all_finite, ema_update, lr_schedule,
                                   make_optimizer, update_groups)
@@ -151,8 +151,7 @@ class Trainer:
         return model
 
     def _split(self, model):
-        graphdef, *groups, rest = nnx.split(model, *self.task.param_groups.values(), ...)
-        return graphdef, dict(zip(self.groups, groups)), rest
+        return models.split_groups(model, self.task.param_groups)
 
     def _fresh_state(self) -> TrainState:
         _, params, rest = self._split(self._make_model())
