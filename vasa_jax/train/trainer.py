@@ -296,7 +296,7 @@ class Trainer:
                 bar.update(1)
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    writer.write_scalars(done, last)
+                    writer.write_scalars(done, dict(last))  # the async writer reads it later
                     bar.set_postfix(loss=f"{last['loss']:.4f}")
                 saved = ckpt.save(done, self.state, data, self.config, force=done == cfg.steps)
                 due = lambda every: bool(every) and (done % every == 0 or done == cfg.steps)  # noqa: E731
