@@ -1,7 +1,9 @@
 """An invisible watermark for generated frames that survives H.264 and downscaling.
 
-Scheme. A secret ``key`` seeds a ``GRID`` x ``GRID`` pattern of +-1, one value per cell of a
-grid laid over the whole frame (so it stretches with the frame and does not depend on its size).
+Scheme. A secret ``key`` (``vasa_jax.safety.keys.WatermarkKey``; see ``keys.watermark_key``)
+gives a ``GRID`` x ``GRID`` pattern of +-1 (its bits from SHAKE-256 of the key, so patterns of
+different keys are independent), one value per cell of a grid laid over the whole frame (so it
+stretches with the frame and does not depend on its size).
 ``embed`` upsamples it bilinearly to the frame (band-limited: nothing finer than a cell, 4 px at
 256 px) and adds it to every channel, i.e. to luminance only, with an amplitude set by local
 texture: ``FLOOR`` grey levels on flat skin and backgrounds, up to ``CEILING`` where fine texture
@@ -14,7 +16,14 @@ unmarked clip and a random key the score is a sum of independent +-1 terms with 
 weights, so ``P(score >= t) <= exp(-t^2 / 2)`` (Hoeffding) whatever the frames are; about a
 standard normal in practice. ``THRESHOLD = 5`` makes a false positive on one frame or one clip
 at most 3.7e-6 (about 3e-7 for a normal). Frames of a clip are pooled before correlating, which
-keeps that bound however alike the frames are, while the (static) mark adds up.
+keeps that bound however alike the frames are, while the (static) mark adds up. The same
+bound holds for a marked clip checked with a wrong key, whose pattern is independent of the
+right one (measured in benchmarks/bench_watermark.py, ``wrong_keys``).
+
+Keys. ``embed`` and ``detect`` take ``key=``, the user's secret from ``keys.watermark_key()``.
+``keys.PUBLIC_TEST_KEY`` is for tests only. Without a key (``key=None``, kept for callers that
+do not pass one yet) they use ``keys.watermark_key()``, the private key of this user (created on
+first use), and never a public one.
 
 Shapes: frames are (N, H, W, 3) or (H, W, 3) uint8 RGB.
 """
@@ -23,11 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 
 import cv2
 import numpy as np
 
-DEFAULT_KEY = 0x56415341  # "VASA"
+from vasa_jax.safety.keys import WatermarkKey, watermark_key
+
 GRID = 64  # pattern cells per side: 4 px per cell at 256 px, 1 px in a 0.5x copy of 128 px
 FLOOR = 0.5  # amplitude (grey levels) on flat areas
 TEXTURE_GAIN = 2.0  # extra amplitude per grey level of local high-frequency texture
@@ -38,16 +49,19 @@ MIN_EMBED_SIDE = 32
 MIN_DETECT_SIDE = 16
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601, as H.264's yuv420p uses
 _EPS = 0.5  # grey levels added to the local residual level before dividing by it
+_PATTERN_DOMAIN = f"vasa_jax watermark pattern v1, grid {GRID}".encode() + b"\x00"
 
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    """Result of ``detect``: ``score`` is z-score-like (about N(0, 1) without the mark)."""
+    """Result of ``detect``: ``score`` is z-score-like (about N(0, 1) without the mark, or
+    with a wrong key); ``key_fingerprint`` names the key it was checked with (not the key)."""
 
     detected: bool
     score: float
     threshold: float
     num_frames: int
+    key_fingerprint: str = ""
 
 
 def _as_frames(frames, min_side: int, what: str) -> np.ndarray:
@@ -68,25 +82,32 @@ def _as_frames(frames, min_side: int, what: str) -> np.ndarray:
     return frames
 
 
-def _check_key(key) -> int:
-    if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or key < 0:
-        raise ValueError(f"key must be a non-negative int, got {key!r}.")
-    return int(key)
+def _check_key(key: WatermarkKey | None) -> WatermarkKey:
+    """``key``, or this user's key (``keys.watermark_key()``) if None. The error never shows
+    the value."""
+    if key is None:
+        return watermark_key()
+    if not isinstance(key, WatermarkKey):
+        raise ValueError(f"key must be a vasa_jax.safety.keys.WatermarkKey (your key: "
+                         f"keys.watermark_key()), got {type(key).__name__}.")
+    return key
 
 
 @functools.lru_cache(maxsize=32)
-def _pattern(key: int) -> np.ndarray:
-    """(GRID, GRID) float32 of independent, equally likely +-1 (read-only)."""
-    bits = np.random.default_rng([key, GRID]).integers(0, 2, (GRID, GRID))
-    pattern = (2 * bits - 1).astype(np.float32)
+def _pattern(secret: bytes) -> np.ndarray:
+    """(GRID, GRID) float32 of independent, equally likely +-1 (read-only): the bits of
+    SHAKE-256 of the key."""
+    digest = hashlib.shake_256(_PATTERN_DOMAIN + secret).digest(GRID * GRID // 8)
+    bits = np.unpackbits(np.frombuffer(digest, np.uint8)).reshape(GRID, GRID)
+    pattern = (2.0 * bits - 1.0).astype(np.float32)
     pattern.flags.writeable = False
     return pattern
 
 
 @functools.lru_cache(maxsize=32)
-def _mark(key: int, height: int, width: int) -> np.ndarray:
+def _mark(secret: bytes, height: int, width: int) -> np.ndarray:
     """(H, W) float32 unit-RMS mark: the key's pattern upsampled bilinearly."""
-    mark = cv2.resize(_pattern(key), (width, height), interpolation=cv2.INTER_LINEAR)
+    mark = cv2.resize(_pattern(secret), (width, height), interpolation=cv2.INTER_LINEAR)
     mark /= np.sqrt(np.mean(mark * mark))
     mark.flags.writeable = False
     return mark
@@ -109,8 +130,10 @@ def _amplitude(luma: np.ndarray) -> np.ndarray:
     return np.minimum(FLOOR + TEXTURE_GAIN * texture, CEILING)
 
 
-def embed(frames: np.ndarray, *, key: int = DEFAULT_KEY, strength: float = 1.0) -> np.ndarray:
-    """Watermark ``frames`` (N, H, W, 3) or (H, W, 3) uint8 RGB, H, W >= 32.
+def embed(frames: np.ndarray, *, key: WatermarkKey | None = None,
+          strength: float = 1.0) -> np.ndarray:
+    """Watermark ``frames`` (N, H, W, 3) or (H, W, 3) uint8 RGB, H, W >= 32, with ``key``
+    (None: this user's key, ``keys.watermark_key()``).
 
     Returns a new uint8 array of the same shape. ``strength`` scales the amplitude (1 gives
     about 46 dB PSNR on SynthTalk faces and 40 dB on photos).
@@ -121,7 +144,7 @@ def embed(frames: np.ndarray, *, key: int = DEFAULT_KEY, strength: float = 1.0) 
     single = np.ndim(frames) == 3
     frames = _as_frames(frames, MIN_EMBED_SIDE, "embed")
     _, height, width, _ = frames.shape
-    mark = _mark(key, height, width)
+    mark = _mark(key.secret, height, width)
     out = np.empty_like(frames)
     for i, frame in enumerate(frames):
         delta = (strength * mark) * _amplitude(_luma(frame))
@@ -142,11 +165,12 @@ def _cell_residual(luma: np.ndarray) -> np.ndarray:
     return residual / norm if norm > 0 else residual
 
 
-def detect(frames: np.ndarray, *, key: int = DEFAULT_KEY,
+def detect(frames: np.ndarray, *, key: WatermarkKey | None = None,
            threshold: float = THRESHOLD) -> Detection:
-    """Look for the ``key``'s mark in one frame (H, W, 3) or a clip (N, H, W, 3) uint8 RGB of
-    any size (H, W >= 16), e.g. after H.264 and resizing. Frames smaller than ``GRID`` pixels
-    cannot hold the pattern's cells, so a 0.5x copy of a 64 px video gives a chance score.
+    """Look for the mark of ``key`` (None: this user's key, ``keys.watermark_key()``) in one
+    frame (H, W, 3) or a clip (N, H, W, 3) uint8 RGB of any size (H, W >= 16), e.g. after
+    H.264 and resizing. Frames smaller than ``GRID`` pixels cannot hold the pattern's cells,
+    so a 0.5x copy of a 64 px video gives a chance score.
 
     The frames' unit-norm cell residuals are summed and correlated with the pattern, divided
     by the norm of the sum.
@@ -157,6 +181,6 @@ def detect(frames: np.ndarray, *, key: int = DEFAULT_KEY,
     for frame in frames:
         pooled += _cell_residual(_luma(frame))
     norm = float(np.linalg.norm(pooled))
-    score = float(np.sum(pooled * _pattern(key))) / norm if norm > 0 else 0.0
+    score = float(np.sum(pooled * _pattern(key.secret))) / norm if norm > 0 else 0.0
     return Detection(detected=bool(score > threshold), score=score, threshold=float(threshold),
-                     num_frames=len(frames))
+                     num_frames=len(frames), key_fingerprint=key.fingerprint)
