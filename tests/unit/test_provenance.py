@@ -1,6 +1,9 @@
-"""Signed C2PA manifests on generated mp4 files: sign, verify, tamper, certificates, atomicity."""
+"""Signed C2PA manifests on generated mp4 files: sign, verify, tamper, certificates, atomicity;
+private keys stay private (a user key open to others is refused, a loosened development folder
+is made private again) and the watermark key never reaches a written file."""
 
 import datetime
+import logging
 import os
 import shutil
 import stat
@@ -13,7 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vasa_jax.media.video_io import read_mp4, write_mp4
+from data_pipeline.synthtalk.generate import generate_clip
+from vasa_jax.media.video_io import read_metadata, read_mp4, write_mp4
+from vasa_jax.safety import keys, publish
 from vasa_jax.safety.provenance import (DEV_CHAIN_FILE, DEV_DIR_ENV, DEV_KEY_FILE, DEV_ROOT_FILE,
                                         TRAINED_ALGORITHMIC_MEDIA, ProvenanceError,
                                         SigningIdentity, ensure_dev_certificate, read_manifest,
@@ -27,6 +32,7 @@ def no_real_home(tmp_path, monkeypatch):
     """Development certificates go to a temporary directory, never the real home."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv(DEV_DIR_ENV, str(tmp_path / "dev-c2pa"))
+    monkeypatch.delenv(keys.KEY_FILE_ENV, raising=False)
     return tmp_path / "dev-c2pa"
 
 
@@ -95,6 +101,8 @@ def make_chain(directory, org="Test Studio", eku=(ExtendedKeyUsageOID.EMAIL_PROT
     open(paths["root"], "wb").write(ca.public_bytes(pem))
     open(paths["key"], "wb").write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                      serialization.NoEncryption()))
+    for path in paths.values():
+        os.chmod(path, 0o600)  # from_files refuses a key that others can read
     return paths
 
 
@@ -234,3 +242,67 @@ def test_sign_in_place_replaces_the_file_atomically(clip, tmp_path):
     sign_mp4(src, generation={"seed": 8})  # re-signing replaces the manifest
     assert read_manifest(src).generation == {"seed": 8}
     assert read_manifest(src).status == "valid"
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.reliability
+def test_user_key_open_to_group_or_others_is_refused(tmp_path):
+    paths = make_chain(tmp_path / "user")
+    key = paths["key"]
+    for loose in (0o640, 0o644, 0o604, 0o660):
+        os.chmod(key, loose)
+        with pytest.raises(ProvenanceError) as e:
+            SigningIdentity.from_files(paths["chain"], key)
+        assert str(e.value) == (f"{key} is open to group or others (mode 0{loose:o}), but a "
+                                f"C2PA signing key must be private to you. Fix: chmod 600 {key}")
+    os.chmod(key, 0o600)
+    assert SigningIdentity.from_files(paths["chain"], key).alg == "es256"
+    os.chmod(key, 0o400)  # read-only for its owner is fine too
+    SigningIdentity.from_files(paths["chain"], key)
+    os.chmod(paths["chain"], 0o644)  # certificates are public
+    SigningIdentity.from_files(paths["chain"], key)
+
+
+@pytest.mark.reliability
+def test_loosened_dev_folder_and_key_are_made_private_again(tmp_path, caplog):
+    directory = tmp_path / "certs"
+    first = ensure_dev_certificate(directory)
+    assert mode(directory) == 0o700 and mode(directory / DEV_KEY_FILE) == 0o600
+    os.chmod(directory, 0o755)
+    os.chmod(directory / DEV_KEY_FILE, 0o644)
+    with caplog.at_level(logging.WARNING, logger=keys.__name__):
+        assert ensure_dev_certificate(directory) == first
+    assert mode(directory) == 0o700 and mode(directory / DEV_KEY_FILE) == 0o600
+    assert f"{directory} was open to group or others (mode 0755); made it private" in caplog.text
+    assert f"{DEV_KEY_FILE} was open to group or others (mode 0644)" in caplog.text
+    caplog.clear()
+    ensure_dev_certificate(directory)  # nothing to fix: nothing said
+    assert caplog.text == ""
+
+
+@pytest.mark.reliability
+def test_watermark_key_shares_the_dev_folder_and_never_reaches_the_file(tmp_path, no_real_home):
+    """A marked, signed video written the default way (this user's key, made on first use in
+    the development folder) holds the key's fingerprint where asked, never the key."""
+    frames = generate_clip(5, 0, 0, 25, 128)["frames"]
+    audio = np.zeros(16000, np.float32)
+    key = keys.watermark_key()
+    assert key.source == str(no_real_home / keys.WATERMARK_KEY_FILE)
+    out = publish.write_marked_video(tmp_path / "talk.mp4", frames, audio,
+                                     generation={"watermark_key": key.fingerprint})
+    data = open(out, "rb").read()
+    for form in (key.secret, key.secret.hex().encode(), key.secret.hex().upper().encode(),
+                 key.secret.hex()[:16].encode()):
+        assert form not in data
+    assert key.fingerprint.encode() in data
+    assert (no_real_home / DEV_KEY_FILE).exists()  # one private folder for both keys
+    report = read_manifest(out)
+    assert report.status == "valid" and report.generation["watermark_key"] == key.fingerprint
+    text = str(report) + str(read_metadata(out))
+    assert key.secret.hex() not in text and key.secret.hex().upper() not in text
+    verified = publish.verify_video(out)  # the same resolver finds the same key
+    assert verified.watermark.detected and verified.watermark.key_fingerprint == key.fingerprint
+    assert key.secret.hex() not in "\n".join(verified.lines())

@@ -11,6 +11,11 @@ DEVELOPMENT chain (an ECDSA P-256 root CA and a signing certificate it issued) i
 altered since this machine signed it; it names nobody that a third party has vetted. For
 published media, sign with a certificate from a CA via ``SigningIdentity.from_files``.
 
+Private keys stay private. ``SigningIdentity.from_files`` refuses a key file that group or
+others can read or write, and says how to fix it (``chmod 600 FILE``). The development folder
+(0700, shared with the watermark key of ``keys.watermark_key``) and its key (0600) are made
+private again, with a logged warning, if their permissions were loosened.
+
 Validity and trust are reported separately: ``status`` says whether the manifest is intact and
 its signature and hashes check out; ``trusted`` says whether the signer chains to a trust anchor
 the reader was given. A development-signed file therefore reads ``status="valid",
@@ -35,11 +40,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vasa_jax.atomic import atomic_path, write_bytes
+from vasa_jax.safety import keys
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 GENERATION_LABEL = "org.vasa_jax.generation"
-DEV_DIR_ENV = "VASA_JAX_C2PA_DIR"
-DEFAULT_DEV_DIR = "~/.config/vasa_jax/c2pa"
+DEV_DIR_ENV = keys.PRIVATE_DIR_ENV  # "VASA_JAX_C2PA_DIR"
+DEFAULT_DEV_DIR = keys.DEFAULT_PRIVATE_DIR  # "~/.config/vasa_jax/c2pa"
 DEV_ROOT_FILE = "dev-root-ca.pem"  # the development root CA certificate (its key is discarded)
 DEV_CHAIN_FILE = "dev-signer-chain.pem"  # signing certificate, then the root CA certificate
 DEV_KEY_FILE = "dev-signer-key.pem"  # the signing certificate's private key, mode 0600
@@ -76,8 +82,10 @@ class SigningIdentity:
     @classmethod
     def from_files(cls, cert_chain_pem: str | os.PathLike, private_key_pem: str | os.PathLike,
                    alg: str = "es256", tsa_url: str | None = None) -> SigningIdentity:
-        """Load a user's certificate chain and key from PEM files, checking that they parse,
-        belong together and are not a lone self-signed certificate. Raises ProvenanceError."""
+        """Load a user's certificate chain and key from PEM files. Checks that the key file is
+        private to its owner (no access for group or others), that both parse, that they belong
+        together, and that the chain is not a lone self-signed certificate. Raises
+        ProvenanceError."""
         alg = alg.lower()
         if alg not in _ALGS:
             raise ProvenanceError(f"Unknown C2PA signing algorithm {alg!r}; use one of {_ALGS}.")
@@ -86,6 +94,9 @@ class SigningIdentity:
         chain_pem = _read_pem(cert_chain_pem, "a PEM certificate chain (signing certificate "
                                               "first, then its CA certificates)")
         key_pem = _read_pem(private_key_pem, "the signing certificate's PEM private key")
+        problem = keys.open_permissions(private_key_pem, "C2PA signing key")
+        if problem:
+            raise ProvenanceError(problem)
         try:
             chain = x509.load_pem_x509_certificates(chain_pem)
         except ValueError as e:
@@ -144,8 +155,8 @@ class ProvenanceReport:
 
 def dev_certificate_dir(directory: str | os.PathLike | None = None) -> Path:
     """The development certificate directory: ``directory``, else ``$VASA_JAX_C2PA_DIR``,
-    else ``~/.config/vasa_jax/c2pa``."""
-    return Path(directory or os.environ.get(DEV_DIR_ENV) or DEFAULT_DEV_DIR).expanduser()
+    else ``~/.config/vasa_jax/c2pa`` (``keys.private_dir``)."""
+    return keys.private_dir(directory)
 
 
 def ensure_dev_certificate(directory: str | os.PathLike | None = None) -> SigningIdentity:
@@ -154,15 +165,17 @@ def ensure_dev_certificate(directory: str | os.PathLike | None = None) -> Signin
     The directory (see ``dev_certificate_dir``) gets ``dev-root-ca.pem``,
     ``dev-signer-chain.pem`` and ``dev-signer-key.pem`` (mode 0600). Later calls reuse them;
     a signing certificate that has expired (or expires within a day) is replaced. Concurrent
-    callers are serialised with a lock file so they all end up with the same identity.
+    callers are serialised with a lock file so they all end up with the same identity. If
+    the directory (0700) or the key (0600) were opened to group or others, they are made
+    private again and a warning is logged.
     """
-    directory = dev_certificate_dir(directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = keys.ensure_private_dir(directory)
     chain, key = directory / DEV_CHAIN_FILE, directory / DEV_KEY_FILE
     with open(directory / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (chain.exists() and key.exists()):
             _write_dev_chain(directory)
+        keys.make_private(key)
         try:
             identity = SigningIdentity.from_files(chain, key)
             soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
