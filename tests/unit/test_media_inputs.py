@@ -1,5 +1,7 @@
 """User inputs: photos (reading, face detection, framing) and speech files, and the clear
-error each bad input gives."""
+error each bad input gives; the output video written piece by piece."""
+
+import os
 
 import numpy as np
 import pytest
@@ -153,3 +155,45 @@ def test_tilted_head_is_levelled_before_cropping():
     plain = crop_to_framing(tilted, tilted_box, 128)  # the same crop without levelling
     err = lambda x: np.abs(x.astype(float) - upright).mean()  # noqa: E731
     assert err(levelled) < 0.6 * err(plain)
+
+
+def test_decoding_stops_at_the_offline_limit(tmp_path):
+    """``iter_audio`` refuses as soon as the decoded audio passes ``max_seconds`` (for a
+    container whose header states no duration), without decoding the rest."""
+    from vasa_jax.media.audio import audio_seconds, check_speech, iter_audio
+
+    _wav(tmp_path / "three.wav", 0.1 * np.ones(16000 * 3), 16000)
+    assert abs(audio_seconds(tmp_path / "three.wav") - 3.0) < 1e-3
+    assert check_speech(tmp_path / "three.wav") == 48000
+    pieces = iter_audio(tmp_path / "three.wav", max_seconds=1)
+    with pytest.raises(InputError, match=r"decoded so far\) is 1\.\d s long, over the offline"):
+        for _ in pieces:
+            pass
+
+
+# -- writing -----------------------------------------------------------------------------------
+def test_a_video_written_in_pieces_equals_one_written_at_once(tmp_path, monkeypatch):
+    """``marked_video_writer`` (what streaming generation writes through, window by window)
+    gives the frames and sound of ``write_marked_video`` given everything at once: the
+    watermark is per frame and H.264 is deterministic."""
+    from vasa_jax.media.video_io import read_mp4
+    from vasa_jax.safety.publish import marked_video_writer, write_marked_video
+
+    monkeypatch.setenv("VASA_JAX_C2PA_DIR", str(tmp_path / "keys"))
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 255, (1, 64, 64, 3), np.uint8), 37, axis=0)
+    frames[:, 20:40, 20:40] = np.arange(37, dtype=np.uint8)[:, None, None, None] * 6
+    audio = (0.3 * np.sin(np.arange(37 * 640 - 100) / 7)).astype(np.float32)
+    write_marked_video(tmp_path / "whole.mp4", frames, audio, c2pa_on=False)
+    with marked_video_writer(tmp_path / "pieces.mp4", 64, 64, c2pa_on=False) as w:
+        for s in range(0, 37, 16):
+            w.write(frames[s:s + 16], audio[s * 640:(s + 16) * 640])
+    whole, pieces = read_mp4(tmp_path / "whole.mp4"), read_mp4(tmp_path / "pieces.mp4")
+    np.testing.assert_array_equal(whole[0], pieces[0])
+    assert len(whole[1]) == len(pieces[1]) and np.abs(whole[1] - pieces[1]).max() < 1e-3
+    with pytest.raises(RuntimeError):  # an error mid-way leaves nothing behind
+        with marked_video_writer(tmp_path / "broken.mp4", 64, 64, c2pa_on=False) as w:
+            w.write(frames[:16], audio[:16 * 640])
+            raise RuntimeError("interrupted")
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".mp4")
+                and p not in ("whole.mp4", "pieces.mp4")]
