@@ -62,14 +62,33 @@ def eval_export(args) -> list[str]:
 
 
 def eval_generate_set(args) -> list[str]:
-    """``eval generate-set``: a generated clip set from a real one."""
+    """``eval generate-set``: a generated clip set from a real one. The options, the output
+    folder, the two runs and the real clips are checked before the models are loaded; clips
+    already in --out are replaced only with --overwrite."""
     from vasa_jax.cli.generate import parse_controls
-    from vasa_jax.eval.clip_set import generate_set, read_clip_set
-    from vasa_jax.pipeline import TalkingFacePipeline
+    from vasa_jax.eval.clip_set import generate_set, list_clips, read_clip_set
+    from vasa_jax.media import checks
+    from vasa_jax.media.audio import check_offline_length
+    from vasa_jax.pipeline import Controls, TalkingFacePipeline
 
     with user_errors(*_clip_set_errors()):
+        checks.check_positive(args.steps, "--steps")
+        if args.max_clips < 0:
+            raise UserError(f"--max-clips {args.max_clips}: give 0 (every clip) or more.")
+        parse_controls(Controls(), cfg=args.cfg)  # the syntax (the model's defaults later)
+        checks.check_output_dir(args.out)
+        checks.check_runs(args.latent_workdir, args.motion_workdir)
+        names = [os.path.splitext(os.path.basename(p))[0]
+                 for p in list_clips(args.real)[:args.max_clips or None]]
+        if not args.overwrite:
+            checks.refuse_existing(os.path.join(args.out, f"{n}{ext}") for n in names
+                                   for ext in (".mp4", ".json"))
         real = read_clip_set(args.real, max_clips=args.max_clips or None)
-        pipe = TalkingFacePipeline.from_checkpoints(args.latent_workdir, args.motion_workdir)
+        for clip in real:
+            check_offline_length(len(clip.audio), checks.MAX_SECONDS,
+                                 f"Real clip {clip.name!r}")
+        pipe = TalkingFacePipeline.from_checkpoints(args.latent_workdir, args.motion_workdir,
+                                                    max_seconds=checks.MAX_SECONDS)
     cfg = dict(parse_controls(pipe.defaults, cfg=args.cfg, steps=args.steps, seed=args.seed).cfg)
     info = {"latent": args.latent_workdir, "motion": args.motion_workdir}
     paths = generate_set(pipe, real, args.out, cfg=cfg, steps=args.steps, seed=args.seed,
@@ -189,7 +208,9 @@ def add_parser(sub) -> None:
     gs.add_argument("--latent-workdir", required=True)
     gs.add_argument("--motion-workdir", required=True)
     gs.add_argument("--real", required=True)
-    gs.add_argument("--out", required=True)
+    gs.add_argument("--out", required=True, help="the folder of the generated clips")
+    gs.add_argument("--overwrite", action="store_true",
+                    help="replace clips already in --out (otherwise they are refused)")
     gs.add_argument("--cfg", action="append", default=[], metavar="CONDITION=SCALE")
     gs.add_argument("--steps", type=int, default=50)
     gs.add_argument("--seed", type=int, default=0)

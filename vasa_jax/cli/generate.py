@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from vasa_jax.cli.common import UserError, user_errors
+from vasa_jax.media.checks import MAX_SECONDS
 
 
 def parse_controls(defaults, *, cfg: Sequence[str] = (), emotion: str | None = None,
@@ -41,70 +42,116 @@ def parse_controls(defaults, *, cfg: Sequence[str] = (), emotion: str | None = N
                     sampler=sampler or defaults.sampler, seed=seed)
 
 
-def _frames(pipe, source, audio, controls, stream: bool) -> np.ndarray:
-    """Generate with a progress bar over windows: at once, or as 200-ms audio pieces arrive."""
-    from tqdm import tqdm
+def _check(args):
+    """Every check that needs no model, cheapest first, before anything is loaded or written:
+    the options, the output path, the C2PA signer's files, the two runs (their configs), the
+    photo and its face (at the model's resolution), the speech (its header's duration, then its
+    samples), and the development signer (created on first use). Returns (the face crop, or
+    the photo with --no-detect; the speech, None when streaming (it is decoded again piece by
+    piece); its number of 16 kHz samples; the C2PA signer)."""
+    from vasa_jax.media import checks
+    from vasa_jax.media.audio import check_speech, load_speech
+    from vasa_jax.pipeline import Controls
+    from vasa_jax.safety import provenance
 
+    if bool(args.c2pa_cert) != bool(args.c2pa_key):
+        raise UserError("--c2pa-cert and --c2pa-key go together (certificate chain PEM and "
+                        "its private key PEM).")
+    checks.check_size(args.size)
+    checks.check_positive(args.steps, "--steps")
+    checks.check_positive(args.max_seconds, "--max-seconds")
+    parse_controls(Controls(), cfg=args.cfg, emotion=args.emotion)  # the syntax (defaults later)
+    out = checks.check_output_file(args.out, overwrite=args.overwrite)
+    for flag, path in (("--image", args.image), ("--audio", args.audio)):
+        if os.path.exists(path) and os.path.exists(out) and os.path.samefile(path, out):
+            raise UserError(f"--out {out!r} is the {flag} file; choose another output name.")
+    identity = None
+    if args.c2pa_cert and not args.no_c2pa:
+        identity = provenance.SigningIdentity.from_files(args.c2pa_cert, args.c2pa_key)
+    latent_config, _ = checks.check_runs(args.latent_workdir, args.motion_workdir)
+    photo = checks.check_photo(args.image, int(latent_config.model.resolution),
+                               face_index=args.face_index, detect=not args.no_detect)
+    if args.stream:
+        audio, samples = None, check_speech(args.audio)
+    else:
+        audio = load_speech(args.audio, max_seconds=args.max_seconds)
+        samples = audio.size
+    if identity is None and not args.no_c2pa:
+        identity = provenance.ensure_dev_certificate()
+    return photo, audio, samples, identity
+
+
+def _stream_to(writer, pipe, source, path: str, controls, size: int, bar) -> None:
+    """Streaming: the speech decoded piece by piece into ``pipe.stream``, each window's frames
+    (resized to ``size``) written with the speech they belong to as soon as they come, so
+    memory does not grow with the audio's length."""
     from vasa_jax.constants import SAMPLES_PER_FRAME
+    from vasa_jax.media.audio import iter_audio
+    from vasa_jax.media.video_io import resize_frames
 
-    frames_total = -(-len(audio) // SAMPLES_PER_FRAME)
-    windows = -(-frames_total // pipe.window)
-    print(f"Generating {frames_total / 25:.1f} s ({frames_total} frames, {windows} windows of "
-          f"{pipe.window}) at {pipe.resolution} px, {controls.steps} steps, "
-          f"{'streaming' if stream else 'offline'}")
-    with tqdm(total=windows, unit="window") as bar:
-        if not stream:
-            return pipe.generate(source, audio, controls,
-                                 progress=lambda d, n: bar.update(d - bar.n)).frames
-        chunk = 16000 // 5  # 200 ms pieces, as a live source would deliver
-        pieces = (audio[i:i + chunk] for i in range(0, len(audio), chunk))
-        parts = []
-        for part in pipe.stream(source, pieces, controls):
-            parts.append(part)
-            bar.update(1)
-        return np.concatenate(parts)
+    pending = [np.zeros(0, np.float32)]  # speech the pipeline has taken, not written yet
+
+    def pieces():
+        for piece in iter_audio(path):
+            piece = np.clip(piece, -1.0, 1.0)
+            pending.append(piece)
+            yield piece
+
+    for part in pipe.stream(source, pieces(), controls):
+        audio = np.concatenate(pending)
+        n = len(part) * SAMPLES_PER_FRAME
+        pending[:] = [audio[n:]]
+        writer.write(resize_frames(part, size), audio[:n])
+        bar.update(1)
+    writer.write(None, np.concatenate(pending))
 
 
 def generate(args) -> str:
-    """Photo + speech -> a watermarked, C2PA-signed mp4 with sound (nothing written on error)."""
-    from vasa_jax.media.audio import load_speech
+    """Photo + speech -> a watermarked, C2PA-signed mp4 with sound. Every input is checked
+    before a model is loaded; an existing output is replaced only with --overwrite; the file
+    appears whole or not at all. With --stream, frames are written as they are generated."""
+    from tqdm import tqdm
+
+    from vasa_jax.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
     from vasa_jax.media.errors import InputError
     from vasa_jax.media.video_io import resize_frames
     from vasa_jax.pipeline import TalkingFacePipeline
     from vasa_jax.safety import provenance
-    from vasa_jax.safety.publish import MIN_OUTPUT_SIZE, write_marked_video
+    from vasa_jax.safety.publish import MIN_OUTPUT_SIZE, marked_video_writer, write_marked_video
 
-    if not args.out.lower().endswith(".mp4"):
-        raise UserError(f"--out {args.out!r}: the output is an mp4 file; end the name in .mp4.")
-    if bool(args.c2pa_cert) != bool(args.c2pa_key):
-        raise UserError("--c2pa-cert and --c2pa-key go together (certificate chain PEM and "
-                        "its private key PEM).")
-    identity = None
     with user_errors(InputError, provenance.ProvenanceError, FileNotFoundError, ValueError):
-        if args.c2pa_cert and not args.no_c2pa:
-            identity = provenance.SigningIdentity.from_files(args.c2pa_cert, args.c2pa_key)
-        audio = load_speech(args.audio, max_seconds=None if args.stream else args.max_seconds)
+        photo, audio, samples, identity = _check(args)
         pipe = TalkingFacePipeline.from_checkpoints(args.latent_workdir, args.motion_workdir,
                                                     max_seconds=args.max_seconds)
         controls = parse_controls(pipe.defaults, cfg=args.cfg, emotion=args.emotion,
                                   gaze=args.gaze, distance=args.distance, steps=args.steps,
                                   fast=args.fast, sampler=args.sampler, seed=args.seed)
-        source = pipe.prepare_source(args.image, face_index=args.face_index,
-                                     detect=not args.no_detect)
-    frames = _frames(pipe, source, audio, controls, args.stream)
+        source = pipe.prepare_source(photo, detect=False)
     generation = {"model": "vasa_jax", "latent_workdir": args.latent_workdir,
                   "motion_workdir": args.motion_workdir, "seed": controls.seed,
                   "steps": controls.steps, "sampler": controls.sampler,
                   "cfg": dict(controls.cfg), "gaze": controls.gaze,
                   "distance": controls.distance, "emotion": controls.emotion}
     size = args.size or max(MIN_OUTPUT_SIZE, pipe.resolution)
-    with user_errors(provenance.ProvenanceError):
-        write_marked_video(args.out, resize_frames(frames, size), audio,
-                           watermark_on=not args.no_watermark,
-                           c2pa_on=not args.no_c2pa, identity=identity, generation=generation)
-    marks = [m for m, off in (("watermark", args.no_watermark), ("C2PA manifest", args.no_c2pa))
-             if not off]
-    print(f"Wrote {args.out} ({', '.join(marks) or 'NO safety marks: recorded in its tags'}).")
+    marks = dict(watermark_on=not args.no_watermark, c2pa_on=not args.no_c2pa,
+                 identity=identity, generation=generation)
+    frames_total = -(-samples // SAMPLES_PER_FRAME)
+    windows = -(-frames_total // pipe.window)
+    print(f"Generating {samples / SAMPLE_RATE:.1f} s ({frames_total} frames, {windows} "
+          f"windows of {pipe.window}) at {pipe.resolution} px, {controls.steps} steps, "
+          f"{'streaming' if args.stream else 'offline'}")
+    with user_errors(InputError, provenance.ProvenanceError), \
+            tqdm(total=windows, unit="window") as bar:
+        if args.stream:
+            with marked_video_writer(args.out, size, size, **marks) as writer:
+                _stream_to(writer, pipe, source, args.audio, controls, size, bar)
+        else:
+            frames = pipe.generate(source, audio, controls,
+                                   progress=lambda d, n: bar.update(d - bar.n)).frames
+            write_marked_video(args.out, resize_frames(frames, size), audio, **marks)
+    done = [m for m, off in (("watermark", args.no_watermark), ("C2PA manifest", args.no_c2pa))
+            if not off]
+    print(f"Wrote {args.out} ({', '.join(done) or 'NO safety marks: recorded in its tags'}).")
     return args.out
 
 
@@ -127,6 +174,8 @@ def add_parser(sub) -> None:
     g.add_argument("--image", required=True, help="portrait photo (JPEG, PNG, ...)")
     g.add_argument("--audio", required=True, help="speech (wav, mp3, m4a, flac; any rate)")
     g.add_argument("--out", required=True, help="output .mp4")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (otherwise an existing file is refused)")
     g.add_argument("--latent-workdir", required=True, help="trained stage 1 (local or gs://)")
     g.add_argument("--motion-workdir", required=True,
                    help="stage 2 trained on that stage 1's latents (local or gs://)")
@@ -145,8 +194,10 @@ def add_parser(sub) -> None:
     g.add_argument("--no-detect", action="store_true",
                    help="the photo is already a training-framed face crop")
     g.add_argument("--stream", action="store_true",
-                   help="generate window by window as audio arrives (no length limit)")
-    g.add_argument("--max-seconds", type=float, default=300.0, help="offline length limit")
+                   help="generate window by window as audio arrives, writing each window's "
+                        "frames as they come (no length limit; memory does not grow with it)")
+    g.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                   help="offline length limit (checked from the audio file's header first)")
     g.add_argument("--size", type=int, default=None,
                    help="output side in px (default: the model's, at least 256, where the "
                         "watermark survives re-encoding and resizing)")
