@@ -10,6 +10,14 @@ batching to the per-process batch. ``vasa_jax.parallel.global_batch`` turns a ba
 ``jax.Array``s. The iterator is checkpointable (``get_state``/``set_state``; orbax through
 ``grain.checkpoint``), with or without worker processes.
 
+A damaged record (one that does not parse, a frame that does not decode, audio shorter than the
+clip) does not stop the stream: the example at that position is taken from the next stream
+position instead (keeping its own position, so its random draws stay its own), with a warning
+naming the record, and the row's ``skipped_records`` counts what was passed over, per reason
+(``SKIP_REASONS``). Batches thus keep their size and stay the same for any process or worker
+count; the counts reach the trainer inside the batches (also from worker processes), where
+``SkippedRecords`` sums them, logs them and stops when their share passes a limit.
+
 A batch is a dict of NumPy arrays with a leading batch dimension B::
 
   frames    (B, T, R, R, 3) uint8      (unless ``frames=False``)
@@ -25,6 +33,7 @@ A batch is a dict of NumPy arrays with a leading batch dimension B::
   with ``augment``: mirrored (B,) int8 (1: the example was mirrored); with
   ``other_clip_driver`` > 0: driver_clip (B,) int32 and driver_emotion (B,) int32 (the clip the
   last frame came from, and its emotion) instead of emotion, gaze and distance
+  skipped_records (B, len(SKIP_REASONS)) int32: damaged records passed over to fill the row
 """
 
 from __future__ import annotations
@@ -41,7 +50,9 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from vasa_jax.constants import SAMPLES_PER_FRAME
 from vasa_jax.media.audio import to_float32
@@ -133,12 +144,65 @@ def open_source(dataset: str, config: str, split: str, data_dir: str | None = No
     return source, builder.info
 
 
+# Why a record is skipped: it does not parse (truncated or garbage bytes), one of its frames
+# does not decode (corrupt PNG/JPEG), its audio is shorter than its frames.
+SKIP_REASONS = ("bad_record", "bad_frame", "short_audio")
+_MAX_BAD_IN_A_ROW = 100  # then the dataset, not a record, is broken
+
+
+class BadRecord(ValueError):
+    """A stored record that cannot be used; ``reason`` is one of ``SKIP_REASONS``."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def decode_frame(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes -> (R, R, 3) uint8 RGB."""
+    """PNG/JPEG bytes -> (R, R, 3) uint8 RGB; ``BadRecord`` (``bad_frame``) if they do not
+    decode."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError("Could not decode a stored frame (corrupt PNG/JPEG bytes).")
+        raise BadRecord("bad_frame", "Could not decode a stored frame (corrupt PNG/JPEG bytes).")
     return img[..., ::-1]
+
+
+def _read_record(source, index: int) -> dict[str, Any]:
+    """``source[index]`` as a dict; ``BadRecord`` if it does not parse."""
+    try:
+        return dict(source[index])
+    except Exception as e:  # noqa: BLE001 -- protobuf, TFDS and I/O errors alike
+        raise BadRecord(_parse_failure_reason(source, index),
+                        f"record {index} does not parse: {type(e).__name__}: {e}") from e
+
+
+def _parse_failure_reason(source, index: int) -> str:
+    """``short_audio`` when the raw record parses as a tf.Example whose audio holds fewer
+    samples than the dataset declares (TFDS then fails to reshape it), else ``bad_record``."""
+    try:
+        from tensorflow_datasets.proto import tf_example_pb2
+
+        declared = source.dataset_info.features["audio"].shape[0]
+        feature = tf_example_pb2.Example.FromString(
+            source.data_source[index]).features.feature["audio"]
+        stored = len(getattr(feature, feature.WhichOneof("kind")).value)
+        return "short_audio" if stored < declared else "bad_record"
+    except Exception:  # noqa: BLE001 -- not even that: the record itself is damaged
+        return "bad_record"
+
+
+def _check_audio(ex: dict[str, Any], index: int) -> None:
+    """``BadRecord`` (``short_audio``) when the raw audio or the audio features of a clip cover
+    fewer frames than its motion/frames (a window near the end would come out short)."""
+    frames = next((len(ex[k]) for k in ("motion", "frames") if k in ex), None)
+    if frames is None:
+        return
+    if "audio" in ex and len(ex["audio"]) < frames * SAMPLES_PER_FRAME:
+        raise BadRecord("short_audio", f"record {index}: {len(ex['audio'])} audio samples for "
+                        f"{frames} frames (needs {frames * SAMPLES_PER_FRAME}).")
+    if "audio_features" in ex and len(ex["audio_features"]) < frames:
+        raise BadRecord("short_audio", f"record {index}: audio features for "
+                        f"{len(ex['audio_features'])} of its {frames} frames.")
 
 
 def _example_rng(seed: int, pos: int, salt: int) -> np.random.Generator:
@@ -163,15 +227,22 @@ class ReadClip(grain.transforms.Map):
     cache_size: int = 0
 
     def _prepare(self, index: int) -> dict[str, Any]:
-        ex = dict(self.source[index])
+        ex = _read_record(self.source, index)
+        _check_audio(ex, index)
         for t in self.clip_transforms:
             ex = t(ex)
+        _check_audio(ex, index)
         if self.keep is not None:
             ex = {k: v for k, v in ex.items() if k in self.keep}
         return ex
 
     def map(self, pos: int) -> dict[str, Any]:
-        index = int(self.order[pos])
+        return self.read(pos, pos)
+
+    def read(self, pos: int, at: int) -> dict[str, Any]:
+        """The clip at stream position ``at``, labelled as position ``pos`` (``LoadExample``
+        fills a damaged record's position from a later one)."""
+        index = int(self.order[at])
         if self.cache_size > 0:
             if "_cache" not in self.__dict__:  # per process; reading threads share it
                 object.__setattr__(self, "_cache", (collections.OrderedDict(), threading.Lock()))
@@ -268,10 +339,14 @@ class ClipWindow(grain.transforms.Map):
 
 def identity_index(source) -> dict[int, np.ndarray]:
     """identity -> the record indices of its clips in ``source`` (one pass over the records;
-    frames stay encoded)."""
+    frames stay encoded). Records that do not parse are left out (with a warning): they can
+    be no one's driver."""
     groups: dict[int, list[int]] = collections.defaultdict(list)
     for i in range(len(source)):
-        groups[int(source[i]["identity"])].append(i)
+        try:
+            groups[int(_read_record(source, i)["identity"])].append(i)
+        except BadRecord as e:
+            logging.warning("Left a damaged record out of the identity index: %s", e)
     return {k: np.asarray(v, np.int64) for k, v in groups.items()}
 
 
@@ -306,7 +381,7 @@ class DriverFromOtherClip(grain.transforms.Map):
         if rng.random() >= self.prob or not len(others):
             return ex
         other_record = int(others[rng.integers(len(others))])
-        other = self.source[other_record]
+        other = _read_record(self.source, other_record)
         total = len(other["frames"])
         t = int(rng.integers(total))
         frames = np.array(ex["frames"])
@@ -372,6 +447,92 @@ class Augment(grain.transforms.Map):
                 ex["frames"] = np.clip(np.round(f), 0, 255).astype(np.uint8)
             ex["frames"] = np.ascontiguousarray(ex["frames"])
         return ex
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadExample(grain.transforms.Map):
+    """Stream position -> finished example: ``read`` (``ReadClip``) then the per-example
+    ``steps`` (window, driver, augmentation). A ``BadRecord`` anywhere (the clip, a frame, the
+    driver's clip) passes the record over with a warning and takes the clip of the next stream
+    position instead, still keyed by ``pos``; ``skipped_records`` counts the records passed
+    over per ``SKIP_REASONS``. Filling the position rather than dropping it keeps every batch
+    full and the same for any process or worker count (the price: the clip used instead
+    appears twice in that epoch, with different random draws)."""
+
+    read: ReadClip
+    steps: tuple = ()
+
+    def map(self, pos: int) -> dict[str, Any]:
+        skipped = np.zeros(len(SKIP_REASONS), np.int32)
+        for attempt in range(_MAX_BAD_IN_A_ROW):
+            at = (int(pos) + attempt) % len(self.read.order)
+            try:
+                ex = self.read.read(int(pos), at)
+                for step in self.steps:
+                    ex = step.map(ex)
+            except BadRecord as e:
+                skipped[SKIP_REASONS.index(e.reason)] += 1
+                logging.warning("Skipped a damaged record (%s) at stream position %d: %s",
+                                e.reason, at, e)
+                continue
+            ex["skipped_records"] = skipped
+            return ex
+        raise RuntimeError(f"{_MAX_BAD_IN_A_ROW} records in a row from stream position {pos} "
+                           f"are damaged ({dict(zip(SKIP_REASONS, skipped.tolist()))}): the "
+                           f"dataset is broken; rebuild it.")
+
+
+class TooManyBadRecords(RuntimeError):
+    """The share of damaged records passed the configured limit."""
+
+
+class SkippedRecords:
+    """The trainer's tally of the records the loader passed over (the batches'
+    ``skipped_records``, summed over every process at each ``totals`` call) and the limit on
+    their share: ``check`` raises ``TooManyBadRecords`` when more than ``max_fraction`` of the
+    records read were skipped, judged only once ``judge_after`` records were read (one bad
+    record early in a run says little). Counts start at 0 when the process starts (a resumed
+    run counts anew)."""
+
+    def __init__(self, dataset: str, max_fraction: float, judge_after: int):
+        self.dataset, self.max_fraction, self.judge_after = dataset, max_fraction, judge_after
+        self.counts = np.zeros(len(SKIP_REASONS), np.int64)
+        self.used = 0
+
+    def add(self, batch: dict[str, Any]) -> None:
+        """Take this batch's ``skipped_records`` out of it (the tasks never see it)."""
+        skipped = batch.pop("skipped_records", None)
+        if skipped is not None:
+            self.counts += np.asarray(skipped, np.int64).sum(0)
+            self.used += len(skipped)
+
+    def totals(self) -> tuple[np.ndarray, int]:
+        """(per-reason counts, records used) over all processes (a collective when there are
+        several: every process must call it)."""
+        mine = np.concatenate([self.counts, [self.used]])
+        if jax.process_count() > 1:
+            mine = np.asarray(multihost_utils.process_allgather(mine)).sum(0)
+        return mine[:-1], int(mine[-1])
+
+    def metrics(self, counts: np.ndarray, used: int) -> dict[str, float]:
+        """``data/skipped_<reason>`` (cumulative counts) and ``data/skipped_fraction``."""
+        out = {f"data/skipped_{r}": float(c) for r, c in zip(SKIP_REASONS, counts)}
+        read = used + int(counts.sum())
+        out["data/skipped_fraction"] = float(counts.sum()) / read if read else 0.0
+        return out
+
+    def check(self, counts: np.ndarray, used: int) -> None:
+        skipped = int(counts.sum())
+        read = used + skipped
+        if read < self.judge_after or skipped <= self.max_fraction * read:
+            return
+        reasons = ", ".join(f"{r} {int(c)}" for r, c in zip(SKIP_REASONS, counts) if c)
+        raise TooManyBadRecords(
+            f"Too many damaged records in {self.dataset}: {skipped} of the {read} records read "
+            f"({skipped / read:.1%}) were skipped ({reasons}), more than "
+            f"data.max_skipped_fraction={self.max_fraction} allows. The loader's warnings name "
+            f"each record. Rebuild or repair the dataset, or raise the limit (e.g. "
+            f"--config.data.max_skipped_fraction=0.2) to train on the readable records.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,16 +617,17 @@ def make_loader(cfg: LoaderConfig, clip_transforms: Sequence[Any] = ()) -> grain
         drop = ({"frames"} if not cfg.frames else set()) | ({"audio"} if not cfg.audio else set())
         keep = tuple(k for k in (*PER_FRAME_FIELDS, *CLIP_FIELDS, "frames", "audio")
                      if k not in drop)
-    ds = ds.map(ReadClip(source, order, tuple(clip_transforms), keep, cfg.cache_clips))
-    ds = ds.map(ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed, cfg.audio,
-                           cfg.random_frames))
+    steps = [ClipWindow(cfg.num_frames, cfg.random_window, cfg.frames, cfg.seed, cfg.audio,
+                        cfg.random_frames)]
     if cfg.other_clip_driver > 0:
         if cfg.random_frames != 2:
             raise ValueError("other_clip_driver needs frame pairs (random_frames=2).")
-        ds = ds.map(DriverFromOtherClip(source, order, identity_index(source),
-                                        cfg.other_clip_driver, cfg.seed))
+        steps.append(DriverFromOtherClip(source, order, identity_index(source),
+                                         cfg.other_clip_driver, cfg.seed))
     if cfg.augment:
-        ds = ds.map(Augment(cfg.flip_prob, cfg.colour_jitter, cfg.seed))
+        steps.append(Augment(cfg.flip_prob, cfg.colour_jitter, cfg.seed))
+    ds = ds.map(LoadExample(ReadClip(source, order, tuple(clip_transforms), keep,
+                                     cfg.cache_clips), tuple(steps)))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if cfg.worker_count == 0 else 1,
                                               prefetch_buffer_size=cfg.worker_buffer_size))

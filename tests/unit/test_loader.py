@@ -237,3 +237,32 @@ def test_driver_from_another_clip_of_the_same_identity(synthtalk_tiny):
     assert swapped == 16  # every tiny identity has a second clip in its split
     with pytest.raises(ValueError, match="random_frames=2"):
         make_loader(_cfg(synthtalk_tiny, other_clip_driver=0.5))
+
+
+@pytest.mark.reliability
+def test_undecodable_frame_and_the_skip_tally():
+    """A frame that does not decode is a ``BadRecord`` of reason ``bad_frame`` (still a
+    ValueError); ``SkippedRecords`` takes the counts out of the batch, sums them and judges the
+    share only after ``judge_after`` records."""
+    with pytest.raises(loader_lib.BadRecord, match="Could not decode") as err:
+        loader_lib.decode_frame(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert err.value.reason == "bad_frame" and isinstance(err.value, ValueError)
+    tally = loader_lib.SkippedRecords("synthtalk/x", max_fraction=0.2, judge_after=20)
+    row = np.zeros((4, len(loader_lib.SKIP_REASONS)), np.int32)
+    row[0, loader_lib.SKIP_REASONS.index("short_audio")] = 2
+    for _ in range(3):
+        batch = {"skipped_records": row.copy(), "pos": np.arange(4)}
+        tally.add(batch)
+        assert "skipped_records" not in batch
+    counts, used = tally.totals()
+    assert used == 12 and counts[loader_lib.SKIP_REASONS.index("short_audio")] == 6
+    tally.check(counts, used)  # 6 of 18 read: above 0.2, but fewer than 20 records read
+    tally.add({"skipped_records": row.copy()})
+    with pytest.raises(loader_lib.TooManyBadRecords, match="8 of the 24 records .*short_audio 8"):
+        tally.check(*tally.totals())
+
+
+def test_every_batch_row_counts_its_skipped_records(synthtalk_tiny):
+    b = next(iter(make_loader(_cfg(synthtalk_tiny))))
+    assert b["skipped_records"].shape == (2, len(loader_lib.SKIP_REASONS))
+    assert not b["skipped_records"].any()
