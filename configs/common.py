@@ -41,10 +41,15 @@ def runtime(task: str, **overrides) -> ml_collections.ConfigDict:
 def data(**overrides) -> ml_collections.ConfigDict:
     """The dataset and its loader: the TFDS ``dataset`` / ``config`` read from ``data_dir``
     ("" = $VASA_JAX_DATA_DIR or ~/tensorflow_datasets), the global ``batch_size``, the mirror
-    augmentation (``flip``) and the grain worker processes."""
+    augmentation (``flip``) and the grain worker processes.
+
+    Damaged records are skipped and counted (``data_pipeline.loader``); training stops when more
+    than ``max_skipped_fraction`` of the records read were skipped, judged once
+    ``skip_check_after`` records were read (so one bad record early does not stop a run)."""
     return _block("data", dict(dataset="synthtalk", config="res64_small", data_dir="",
                                split="train", batch_size=32, flip=True, num_workers=0,
-                               worker_buffer_size=2), overrides)
+                               worker_buffer_size=2, max_skipped_fraction=0.01,
+                               skip_check_after=1000), overrides)
 
 
 def optim(**overrides) -> ml_collections.ConfigDict:
@@ -60,11 +65,12 @@ def optim(**overrides) -> ml_collections.ConfigDict:
 def train_loop(**overrides) -> ml_collections.ConfigDict:
     """The trainer's loop: ``steps`` updates, logging / evaluation / checkpoints every so many
     steps (0: never evaluate), the checkpoints kept, and a profile of ``profile_steps`` steps
-    (0: none) from ``profile_first_step``."""
+    (0: none) from ``profile_first_step``. A step with a non-finite loss or gradients is
+    skipped; ``max_nonfinite_steps`` such steps in a row stop the run (0: never stop)."""
     return _block("train_loop", dict(steps=200_000, log_every=100, eval_every=5000,
                                      checkpoint_every=5000, keep_checkpoints=3,
                                      async_checkpoints=True, profile_steps=0,
-                                     profile_first_step=10), overrides)
+                                     profile_first_step=10, max_nonfinite_steps=20), overrides)
 
 
 def evaluation(**overrides) -> ml_collections.ConfigDict:

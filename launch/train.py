@@ -3,7 +3,8 @@
 The multi-host entry point; ``vasa-jax train`` is the one-host one, and both call
 ``vasa_jax.train.run.run(config, workdir)``.
 
-Config overrides: ``--config.train.steps=1000 --config.data.batch_size=64``. Multi-process: pass
+Config overrides: ``--config.train.steps=1000 --config.data.batch_size=64``. Resuming a workdir
+with a config that changes what is trained needs ``--allow_config_change``. Multi-process: pass
 ``--coordinator_address/--num_processes/--process_id`` (or run under SLURM / on a TPU pod, where
 they are detected); ``launch/local_multihost.py`` starts several local CPU processes.
 """
@@ -27,6 +28,10 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in the
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100,
                                   "Seconds after which a silent peer fails the job.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume the workdir even though the config changes what is trained (batch size, data, "
+    "learning rate, ...); without it such a resume stops and prints the diff.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,7 +43,7 @@ def main(argv):
                            heartbeat_timeout_seconds=_HEARTBEAT.value)
     from vasa_jax.train.run import run
 
-    run(_CONFIG.value, _WORKDIR.value)
+    run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
 
 
 if __name__ == "__main__":

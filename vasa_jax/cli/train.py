@@ -8,13 +8,18 @@ from vasa_jax.train.run import DEFAULT_VARIANTS, STAGES
 
 
 def train_stage(args) -> dict:
-    """``train STAGE --workdir DIR [--variant V] [--data-dir D] [--set FIELD=VALUE ...]``."""
-    from data_pipeline.loader import DatasetNotFoundError
+    """``train STAGE --workdir DIR [--variant V] [--data-dir D] [--set FIELD=VALUE ...]
+    [--allow-config-change]``."""
+    from data_pipeline.loader import DatasetNotFoundError, TooManyBadRecords
+    from vasa_jax.checkpoint import CheckpointMismatch
     from vasa_jax.train.run import ConfigError, fit_stage
+    from vasa_jax.train.trainer import NonFiniteSteps
 
-    with user_errors(ConfigError, DatasetNotFoundError):
+    with user_errors(ConfigError, DatasetNotFoundError, CheckpointMismatch, TooManyBadRecords,
+                     NonFiniteSteps):
         return fit_stage(args.stage, args.workdir, variant=args.variant,
-                         data_dir=args.data_dir, overrides=args.set)
+                         data_dir=args.data_dir, overrides=args.set,
+                         allow_config_change=args.allow_config_change)
 
 
 def add_parser(sub) -> None:
@@ -29,4 +34,7 @@ def add_parser(sub) -> None:
         tm.add_argument("--data-dir", default=None)
         tm.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set train.steps=500 (repeatable)")
+        tm.add_argument("--allow-config-change", action="store_true",
+                        help="resume a workdir even though the config changes what is trained "
+                             "(batch size, data, learning rate, ...; the diff is printed)")
         tm.set_defaults(func=train_stage)

@@ -95,10 +95,13 @@ def load_config(stage: str, variant: str | None = None, *, data_dir: str | None 
     return apply_overrides(config, overrides)
 
 
-def run(config, workdir: str, *, progress: bool = False) -> dict:
+def run(config, workdir: str, *, progress: bool = False, allow_config_change: bool = False
+        ) -> dict:
     """Train ``config`` into ``workdir`` (resuming from its latest checkpoint); returns the
     last logged metrics and ``train_seconds``. ``progress``: also print the model size and show
-    a progress bar (a terminal on one host)."""
+    a progress bar (a terminal on one host). ``allow_config_change``: resume even though fields
+    that change training differ from the checkpoint's config (the diff is logged; without it
+    such a resume stops with the diff, ``Trainer._check_resume``)."""
     from vasa_jax.train.tasks import make_task
     from vasa_jax.train.trainer import Trainer
 
@@ -107,19 +110,21 @@ def run(config, workdir: str, *, progress: bool = False) -> dict:
                  dict(trainer.mesh.shape))
     if progress:
         print(f"{trainer.num_params():,} parameters on mesh {dict(trainer.mesh.shape)}")
-    result = trainer.fit(progress=progress)
+    result = trainer.fit(progress=progress, allow_config_change=allow_config_change)
     logging.info("done: %s", result)
     return result
 
 
 def fit_stage(stage: str, workdir: str, *, variant: str | None = None,
-              data_dir: str | None = None, overrides: Iterable[str] = ()) -> dict:
+              data_dir: str | None = None, overrides: Iterable[str] = (),
+              allow_config_change: bool = False) -> dict:
     """Train ``stage`` (a key of ``STAGES``) on this host with progress on the terminal; an
-    instrument's held-out accuracy (written by its task at the end of training) is printed."""
+    instrument's held-out accuracy (written by its task at the end of training) is printed.
+    ``allow_config_change`` as in ``run``."""
     config = load_config(stage, variant, data_dir=data_dir, overrides=overrides)
     print(f"Training {STAGES[stage]} ({config.variant}) for {config.train.steps} steps into "
           f"{workdir}")
-    result = run(config, workdir, progress=True)
+    result = run(config, workdir, progress=True, allow_config_change=allow_config_change)
     print(f"Done in {result['train_seconds'] / 60:.1f} min; final loss {result.get('loss', 0):.4f}.")
     heldout = os.path.join(workdir, f"{stage}_heldout.json")
     if stage in INSTRUMENTS and os.path.exists(heldout):

@@ -8,6 +8,12 @@ clu metric writers (TensorBoard + log + ``metrics.jsonl``; only process 0 writes
 ``ReportProgress``, a profiler hook, periodic evaluation, orbax checkpoints of state + data
 iterator + config, and a SIGTERM handler that saves before exiting.
 
+Nothing lost, nothing silent: ``train.max_nonfinite_steps`` skipped steps in a row stop the run
+(``NonFiniteSteps``) without saving; the loader's skipped damaged records are logged
+(``data/skipped_*``) and too many stop the run (``TooManyBadRecords``); a resume checks the
+stored config against the new one (``CheckpointMismatch``: other parameter shapes always, other
+training values unless ``allow_config_change``) and passes over an unreadable latest step.
+
 Randomness: the step key is ``fold_in(PRNGKey(seed), step)`` and tasks derive per-example keys
 from each example's global stream position, so a resumed run repeats the uninterrupted one and
 the result does not depend on the number of processes.
@@ -31,8 +37,10 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from data_pipeline.loader import SkippedRecords
 from vasa_jax import models, parallel
-from vasa_jax.checkpoint import Checkpointer, abstract_like
+from vasa_jax.checkpoint import (Checkpointer, CheckpointMismatch, abstract_like,
+                                 config_differences, shape_differences)
 from vasa_jax.train.state import (TrainState, all_finite, ema_update, lr_schedule,
                                   make_optimizer, update_groups)
 from vasa_jax.train.task import Task
@@ -44,6 +52,54 @@ class Preempted(SystemExit):
     def __init__(self, step: int):
         super().__init__(143)
         self.step = step
+
+
+class NonFiniteSteps(RuntimeError):
+    """``train.max_nonfinite_steps`` steps in a row had a non-finite loss, gradients or update."""
+
+
+class _NonFiniteStreak:
+    """Counts consecutive skipped (non-finite) steps without a host sync per step: each step's
+    ``skipped`` flag stays on the device until ``longest_since`` fetches them all, which the
+    loop calls only where it waits for the device anyway (log steps fetch the metrics,
+    checkpoint saves copy the state)."""
+
+    def __init__(self):
+        self.pending: list[jax.Array] = []
+        self.run = 0  # skipped steps in a row up to the last fetched flag
+
+    def add(self, skipped: jax.Array) -> None:
+        self.pending.append(skipped)
+
+    def longest_since(self, step: int) -> tuple[int, int]:
+        """Fetch the flags up to ``step``: (longest run of skipped steps ending at or after the
+        previous fetch, its first step)."""
+        flags = [bool(f) for f in jax.device_get(self.pending)]
+        self.pending = []
+        longest, first = self.run, step - len(flags) + 1 - self.run
+        for i, bad in enumerate(flags):
+            self.run = self.run + 1 if bad else 0
+            if self.run > longest:
+                longest, first = self.run, step - len(flags) + 2 + i - self.run
+        return longest, first
+
+
+# Config fields that change how a run is executed or observed, not what it trains: a resume
+# with other values of these needs no --allow-config-change (prefixes end with a dot).
+RESUME_FREE_FIELDS = ("variant", "mesh_shape", "num_devices", "axis_rules", "train.log_every",
+                      "train.eval_every", "train.image_every", "train.checkpoint_every",
+                      "train.keep_checkpoints", "train.async_checkpoints", "train.profile_steps",
+                      "train.profile_first_step", "train.max_nonfinite_steps",
+                      "data.max_skipped_fraction", "data.skip_check_after", "eval.", "sample.")
+
+
+def _resume_free(field: str) -> bool:
+    return any(field == f or (f.endswith(".") and field.startswith(f))
+               for f in RESUME_FREE_FIELDS)
+
+
+def _diff_lines(changes: dict) -> str:
+    return "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
 
 class _SigtermFlag:
@@ -224,7 +280,9 @@ class Trainer:
         grads, loss, metrics = self.task.grads(self.graphdef, state.params, state.rest, batch, key)
         new_params, new_opt = update_groups(self.optimizers, grads, state.opt_state,
                                             state.params)
-        ok = jnp.isfinite(loss) & all_finite(grads)
+        # An update is applied only if the loss, the gradients and the new parameters are all
+        # finite; otherwise the whole state except the step counters stays as it was.
+        ok = jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         params = keep(new_params, state.params)
         ema = {g: keep(ema_update(state.ema[g], params[g], state.step, self.config.optim.ema_decay),
@@ -255,22 +313,92 @@ class Trainer:
         self.state, metrics = self._train_step(self.state, parallel.global_batch(batch, self.mesh))
         return metrics
 
-    # -- loop ----------------------------------------------------------------------------------
-    def fit(self, progress: bool = False) -> dict[str, float]:
-        """Train to ``config.train.steps`` (resuming from the workdir's latest checkpoint).
+    # -- resume --------------------------------------------------------------------------------
+    def _check_resume(self, ckpt: Checkpointer, step: int, allow_config_change: bool) -> None:
+        """Compare checkpoint ``step`` with this run before restoring it.
 
-        ``progress`` shows a progress bar with the latest loss on process 0 (for terminals)."""
-        cfg = self.config.train
+        Other parameter shapes (e.g. a changed model width) always raise ``CheckpointMismatch``
+        naming the arrays and both shapes. Other values of fields that change what is trained
+        (batch size, dataset, learning rate, ...) raise it with the diff unless
+        ``allow_config_change``; fields of ``RESUME_FREE_FIELDS`` (logging, evaluation, mesh,
+        checkpoint cadence) may change freely. A larger ``train.steps`` alone extends the run
+        freely when the learning-rate schedule does not depend on it (``optim.decay_steps`` >
+        0); with ``decay_steps`` = 0 the cosine decay would stretch to the new end and the
+        learning rate jump, so it needs the flag too."""
+        where = f"checkpoint step {step} in {ckpt.directory}"
+        changes = config_differences(ckpt.restore_config(step), self.config)
+        shapes = shape_differences(ckpt.stored_shapes(step), self.abstract_state())
+        if shapes:
+            shapes.sort(key=lambda line: not line.startswith("params/"))
+            more = f"\n  ... and {len(shapes) - 8} more arrays" if len(shapes) > 8 else ""
+            raise CheckpointMismatch(
+                f"Cannot resume from {where}: this config builds other parameter shapes.\n"
+                + "\n".join(f"  {line}" for line in shapes[:8]) + more
+                + (f"\nThe config differs from the stored one in:\n{_diff_lines(changes)}"
+                   if changes else "")
+                + "\nResume with the stored values of the model fields, or train the new "
+                "shapes in a new workdir.")
+        free = {k: v for k, v in changes.items() if _resume_free(k)}
+        ruled = {k: v for k, v in changes.items() if k not in free}
+        note = ""
+        if "train.steps" in ruled:
+            old, new = ruled["train.steps"]
+            if self.config.optim.decay_steps > 0 and isinstance(old, int) and new > old:
+                free["train.steps"] = ruled.pop("train.steps")  # extending the run
+            else:
+                was = float(lr_schedule(self.config.optim, old)(step)) if isinstance(
+                    old, int) else float("nan")
+                note = (f"\n(With optim.decay_steps=0, train.steps also sets where the "
+                        f"learning-rate decay ends: it moves from step {old} to {new}, and the "
+                        f"rate at step {step} from {was:.3g} to {float(self.schedule(step)):.3g}. "
+                        f"A run whose optim.decay_steps is fixed can be extended without the "
+                        f"flag.)")
+        if free:
+            logging.info("Resuming %s with changes that do not alter training:\n%s", where,
+                         _diff_lines(free))
+        if not ruled:
+            return
+        if not allow_config_change:
+            raise CheckpointMismatch(
+                f"The config differs from the one stored with {where}:\n{_diff_lines(ruled)}"
+                f"{note}\nResuming would continue that run with the new values. Pass "
+                f"--allow-config-change (vasa-jax train; --allow_config_change for "
+                f"launch/train.py) to accept them, resume with the stored values, or start a "
+                f"new workdir.")
+        logging.warning("Resuming %s with a changed config (allowed):\n%s%s", where,
+                        _diff_lines(ruled), note)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def fit(self, progress: bool = False, *, allow_config_change: bool = False
+            ) -> dict[str, float]:
+        """Train to ``config.train.steps`` (resuming from the workdir's latest readable
+        checkpoint, see ``_check_resume`` for ``allow_config_change``).
+
+        ``progress`` shows a progress bar with the latest loss on process 0 (for terminals).
+        Raises ``NonFiniteSteps`` after ``train.max_nonfinite_steps`` skipped steps in a row
+        (noticed at the next log or checkpoint step; nothing is saved then, so the checkpoints
+        hold only states from before the limit was reached) and ``TooManyBadRecords`` when the
+        loader skipped too many damaged records (judged at log steps)."""
+        cfg, d = self.config.train, self.config.data
         is_main = jax.process_index() == 0
         ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"),
                             max_to_keep=cfg.keep_checkpoints,
                             save_interval_steps=cfg.checkpoint_every,
-                            use_async=cfg.async_checkpoints)
+                            use_async=cfg.async_checkpoints, cleanup_tmp=True)
         data = iter(self.task.train_loader())
         start = 0
         if ckpt.latest_step() is not None:  # resume (statistics come from the checkpoint)
-            start, self.state = ckpt.restore(self.abstract_state(), data)
+            try:
+                start, self.state = ckpt.restore(
+                    self.abstract_state(), data, set_aside=True,
+                    check=lambda step: self._check_resume(ckpt, step, allow_config_change))
+            except BaseException:
+                ckpt.close()
+                raise
             logging.info("Resumed from step %d in %s", start, ckpt.directory)
+        skips = SkippedRecords(f"{d.dataset}/{d.config} (split {d.split})",
+                               d.max_skipped_fraction, d.skip_check_after)
+        streak = _NonFiniteStreak()
         writer = metric_writers.create_default_writer(self.workdir, just_logging=not is_main)
         if is_main:
             writer = metric_writers.MultiWriter(
@@ -287,31 +415,63 @@ class Trainer:
         bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                         disable=not (progress and is_main))
         t0 = time.time()
-        with _SigtermFlag() as sigterm, bar:
-            for step in range(start, cfg.steps):
-                metrics = self.train_step(next(data))
-                done = step + 1
-                for h in hooks:
-                    h(done)
-                bar.update(1)
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    writer.write_scalars(done, dict(last))  # the async writer reads it later
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
-                saved = ckpt.save(done, self.state, data, self.config, force=done == cfg.steps)
-                due = lambda every: bool(every) and (done % every == 0 or done == cfg.steps)  # noqa: E731
-                last.update(self._run_hooks(done, evaluate=due(cfg.eval_every),
-                                            images=due(cfg.get("image_every", 0)),
-                                            finish=done == cfg.steps, writer=writer))
-                if sigterm.any_process():
-                    if not saved:  # this step is not on the checkpoint interval
-                        ckpt.save(done, self.state, data, self.config, force=True)
-                    ckpt.close()
-                    writer.flush()
-                    logging.warning("SIGTERM: saved checkpoint at step %d, exiting.", done)
-                    raise Preempted(done)
-        ckpt.close()
-        writer.flush()
-        writer.close()
+        try:
+            with _SigtermFlag() as sigterm, bar:
+                for step in range(start, cfg.steps):
+                    batch = next(data)
+                    skips.add(batch)
+                    metrics = self.train_step(batch)
+                    streak.add(metrics["skipped"])
+                    done = step + 1
+                    for h in hooks:
+                        h(done)
+                    bar.update(1)
+                    final = done == cfg.steps
+                    logged = done % cfg.log_every == 0 or final
+                    if logged:
+                        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                        counts, used = skips.totals()
+                        last.update(skips.metrics(counts, used))
+                        writer.write_scalars(done, dict(last))  # the async writer reads it later
+                        bar.set_postfix(loss=f"{last['loss']:.4f}")
+                        skips.check(counts, used)
+                    if logged or final or ckpt.should_save(done):
+                        self._stop_on_nonfinite(streak, done, ckpt)
+                    saved = ckpt.save(done, self.state, data, self.config, force=final)
+                    due = lambda every: bool(every) and (done % every == 0 or final)  # noqa: E731
+                    last.update(self._run_hooks(done, evaluate=due(cfg.eval_every),
+                                                images=due(cfg.get("image_every", 0)),
+                                                finish=final, writer=writer))
+                    if sigterm.any_process():
+                        if not saved:  # this step is not on the checkpoint interval
+                            self._stop_on_nonfinite(streak, done, ckpt)
+                            ckpt.save(done, self.state, data, self.config, force=True)
+                        logging.warning("SIGTERM: saved checkpoint at step %d, exiting.", done)
+                        raise Preempted(done)
+        finally:  # pending asynchronous saves complete (they hold good states) and logs reach disk
+            ckpt.close()
+            writer.flush()
+            writer.close()
         last["train_seconds"] = time.time() - t0
         return last
+
+    def _stop_on_nonfinite(self, streak: _NonFiniteStreak, step: int, ckpt: Checkpointer
+                           ) -> None:
+        """Raise ``NonFiniteSteps`` if ``train.max_nonfinite_steps`` steps in a row up to
+        ``step`` were skipped (the caller then saves nothing)."""
+        limit = self.config.train.max_nonfinite_steps
+        longest, first = streak.longest_since(step)
+        if not limit or longest < limit:
+            return
+        ckpt.wait()
+        latest = ckpt.latest_step()
+        kept = (f"The latest checkpoint, step {latest} in {ckpt.directory}, holds a finite state; "
+                f"the run resumes from it." if latest is not None else "No checkpoint was saved.")
+        raise NonFiniteSteps(
+            f"Stopped at step {step}: {longest} training steps in a row from step {first} had a "
+            f"non-finite loss, gradients or update (train.max_nonfinite_steps={limit}). Each was "
+            f"skipped, so the parameters are those of step {first - 1}, and nothing was saved "
+            f"once the limit was reached. {kept} Usual causes: a learning rate too high "
+            f"(optim.lr), too little clipping (optim.clip_norm), NaN/inf in the data, an "
+            f"unstable loss. Fix the cause and resume, or raise train.max_nonfinite_steps to "
+            f"wait longer.")
