@@ -158,8 +158,9 @@ def test_tilted_head_is_levelled_before_cropping():
 
 
 def test_decoding_stops_at_the_offline_limit(tmp_path):
-    """``iter_audio`` refuses as soon as the decoded audio passes ``max_seconds`` (for a
-    container whose header states no duration), without decoding the rest."""
+    """The header states the duration without decoding; ``iter_audio`` (the backstop for
+    containers whose header states none) refuses as soon as the decoded audio passes
+    ``max_seconds``, without decoding the rest."""
     from vasa_jax.media.audio import audio_seconds, check_speech, iter_audio
 
     _wav(tmp_path / "three.wav", 0.1 * np.ones(16000 * 3), 16000)
