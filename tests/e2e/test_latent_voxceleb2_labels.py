@@ -22,7 +22,7 @@ def test_guided_stage1_trains_on_face_mesh_labels(voxceleb2_labelled, tmp_path):
         "data.dataset": "voxceleb2", "data.config": name,
         "model.expression_readout": 16, "loss.pose_guide": 1.0, "loss.expression_guide": 1.0,
         "loss.mouth_l1": 5.0, "train.steps": STEPS, "optim.decay_steps": STEPS,
-        "train.checkpoint_every": STEPS})
+        "train.checkpoint_every": STEPS, "num_devices": 1})
     result = Trainer(LatentTask(c), c, str(tmp_path / "run")).fit()
     assert result["nonfinite_total"] == 0
     rows = read_metrics(str(tmp_path / "run"))

@@ -313,7 +313,7 @@ def test_estimator_source_reads_motion_with_a_frozen_trained_probe(probe_run, sy
     over = {"model.motion_source": "estimator", "model.skip_channels": 4,
             "model.pixel_warp": True, "model.estimator_workdir": probe_dir,
             "train.steps": 3, "train.checkpoint_every": 3, "train.eval_every": 0,
-            "train.image_every": 0}
+            "train.image_every": 0, "num_devices": 1}
     c = make_test_config(get_config, synthtalk_tiny, **over)
     c.model.estimator = probe_cfg.model
     assert not needs_labels(c)
