@@ -46,13 +46,14 @@ def _check(args):
     """Every check that needs no model, cheapest first, before anything is loaded or written:
     the options, the output path, the C2PA signer's files, the two runs (their configs), the
     photo and its face (at the model's resolution), the speech (its header's duration, then its
-    samples), and the development signer (created on first use). Returns (the face crop, or
-    the photo with --no-detect; the speech, None when streaming (it is decoded again piece by
-    piece); its number of 16 kHz samples; the C2PA signer)."""
+    samples), the development signer and the watermark key (both made on first use). Returns
+    (the face crop, or the photo with --no-detect; the speech, None when streaming (it is
+    decoded again piece by piece); its number of 16 kHz samples; the C2PA signer; the
+    watermark key, None with --no-watermark)."""
     from vasa_jax.media import checks
     from vasa_jax.media.audio import check_speech, load_speech
     from vasa_jax.pipeline import Controls
-    from vasa_jax.safety import provenance
+    from vasa_jax.safety import keys, provenance
 
     if bool(args.c2pa_cert) != bool(args.c2pa_key):
         raise UserError("--c2pa-cert and --c2pa-key go together (certificate chain PEM and "
@@ -78,7 +79,8 @@ def _check(args):
         samples = audio.size
     if identity is None and not args.no_c2pa:
         identity = provenance.ensure_dev_certificate()
-    return photo, audio, samples, identity
+    key = None if args.no_watermark else keys.watermark_key(args.watermark_key_file)
+    return photo, audio, samples, identity, key
 
 
 def _stream_to(writer, pipe, source, path: str, controls, size: int, bar) -> None:
@@ -120,7 +122,7 @@ def generate(args) -> str:
     from vasa_jax.safety.publish import MIN_OUTPUT_SIZE, marked_video_writer, write_marked_video
 
     with user_errors(InputError, provenance.ProvenanceError, FileNotFoundError, ValueError):
-        photo, audio, samples, identity = _check(args)
+        photo, audio, samples, identity, key = _check(args)
         pipe = TalkingFacePipeline.from_checkpoints(args.latent_workdir, args.motion_workdir,
                                                     max_seconds=args.max_seconds)
         controls = parse_controls(pipe.defaults, cfg=args.cfg, emotion=args.emotion,
@@ -134,7 +136,7 @@ def generate(args) -> str:
                   "distance": controls.distance, "emotion": controls.emotion}
     size = args.size or max(MIN_OUTPUT_SIZE, pipe.resolution)
     marks = dict(watermark_on=not args.no_watermark, c2pa_on=not args.no_c2pa,
-                 identity=identity, generation=generation)
+                 identity=identity, generation=generation, watermark_key=key)
     frames_total = -(-samples // SAMPLES_PER_FRAME)
     windows = -(-frames_total // pipe.window)
     print(f"Generating {samples / SAMPLE_RATE:.1f} s ({frames_total} frames, {windows} "
@@ -157,14 +159,22 @@ def generate(args) -> str:
 
 def verify(args):
     """Print a video's watermark, C2PA manifest and safety tags; returns the report."""
+    from vasa_jax.safety import keys
     from vasa_jax.safety.publish import verify_video
 
     if not os.path.isfile(args.video):
         raise UserError(f"{args.video!r} does not exist.")
+    with user_errors(keys.KeyFileError):
+        key = keys.watermark_key(args.watermark_key_file, create=False)
     with user_errors(ValueError, prefix=f"Cannot read {args.video!r} as a video: "):
-        report = verify_video(args.video)
+        report = verify_video(args.video, watermark_key=key)
     print("\n".join(report.lines()))
     return report
+
+
+KEY_HELP = ("the secret watermark key (hex, mode 600; default $VASA_JAX_WATERMARK_KEY_FILE, "
+            "else watermark.key in the private folder of the development C2PA certificate, "
+            "made on first use)")
 
 
 def add_parser(sub) -> None:
@@ -207,10 +217,12 @@ def add_parser(sub) -> None:
                    help="do not sign a C2PA manifest (recorded in the file's tags)")
     g.add_argument("--c2pa-cert", help="your signing certificate chain (PEM; default: a local "
                    "development certificate)")
-    g.add_argument("--c2pa-key", help="the private key of --c2pa-cert (PEM)")
+    g.add_argument("--c2pa-key", help="the private key of --c2pa-cert (PEM; mode 600)")
+    g.add_argument("--watermark-key-file", help=KEY_HELP)
     g.set_defaults(func=generate)
 
     v = sub.add_parser("verify", help="report a video's watermark, C2PA manifest and safety "
                        "tags")
     v.add_argument("video")
+    v.add_argument("--watermark-key-file", help=KEY_HELP)
     v.set_defaults(func=verify)
