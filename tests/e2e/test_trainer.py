@@ -101,6 +101,7 @@ def test_sharded_params_match_the_committed_table_and_the_one_device_loss(syntht
         assert abs(la - lb) <= 1e-5 * max(1.0, abs(lb)), (la, lb)
 
 
+@pytest.mark.reliability
 def test_resume_continues_exactly_like_the_uninterrupted_run(synthtalk_tiny, tmp_path):
     full = _config(synthtalk_tiny, **{"train.steps": 8, "train.checkpoint_every": 4,
                                       "optim.decay_steps": 8})
@@ -116,6 +117,7 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(synthtalk_tiny, tmp
         assert a[s] == b[s], (s, a[s], b[s])
 
 
+@pytest.mark.reliability
 def test_nan_batch_is_skipped_and_counted(synthtalk_tiny, tmp_path):
     c = _config(synthtalk_tiny)
     tr = Trainer(MotionTask(c), c, str(tmp_path))
@@ -135,6 +137,7 @@ def test_nan_batch_is_skipped_and_counted(synthtalk_tiny, tmp_path):
     assert int(tr.state.step) == 3
 
 
+@pytest.mark.reliability
 def test_restore_onto_another_mesh(synthtalk_tiny, tmp_path):
     c = _config(synthtalk_tiny, mesh_shape=(1, 4, 2), **{"train.steps": 3})
     a = Trainer(MotionTask(c), c, str(tmp_path))
@@ -167,6 +170,7 @@ def _env(devices):
                 PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_sigterm_leaves_a_restorable_checkpoint(synthtalk_tiny, tmp_path):
     wd = tmp_path / "run"
@@ -210,6 +214,7 @@ def test_two_processes_match_one_process(synthtalk_tiny, tmp_path):
         assert abs(a[s] - b[s]) <= 1e-5 * max(1.0, abs(b[s])), (s, a[s], b[s])
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_killed_peer_fails_the_job_with_a_clear_error(synthtalk_tiny, tmp_path):
     wd = tmp_path / "mh"
@@ -239,6 +244,7 @@ def test_a_killed_peer_fails_the_job_with_a_clear_error(synthtalk_tiny, tmp_path
     assert elapsed < 60  # process 0 gave up on its own, well before the launcher's grace
 
 
+@pytest.mark.reliability
 def test_sigterm_on_a_checkpoint_step_saves_once_and_stops(synthtalk_tiny, tmp_path):
     """SIGTERM arriving at a step that was just checkpointed stops cleanly (no second save of
     the same step)."""
