@@ -38,6 +38,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     from vasa_jax import distributed
+    from vasa_jax.xla_cpu import prefer_fast_cpu_compiles
+
+    prefer_fast_cpu_compiles()  # before JAX creates its backends
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value,
                            heartbeat_timeout_seconds=_HEARTBEAT.value)

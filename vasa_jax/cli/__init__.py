@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only a TFDS/
 from vasa_jax.cli import convert, data, generate, quickstart, ship, train  # noqa: E402
 from vasa_jax.cli import eval as evaluate  # noqa: E402
 from vasa_jax.cli.common import UserError  # noqa: E402
+from vasa_jax.xla_cpu import prefer_fast_cpu_compiles  # noqa: E402
 
 GROUPS = (quickstart, ship, train, evaluate, generate, convert, data)  # the order of --help
 
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    prefer_fast_cpu_compiles()
     try:
         args.func(args)
     except UserError as e:

@@ -281,15 +281,17 @@ class Trainer:
         new_params, new_opt = update_groups(self.optimizers, grads, state.opt_state,
                                             state.params)
         # An update is applied only if the loss, the gradients and the new parameters are all
-        # finite; otherwise the whole state except the step counters stays as it was.
-        ok = jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        params = keep(new_params, state.params)
-        ema = {g: keep(ema_update(state.ema[g], params[g], state.step, self.config.optim.ema_decay),
-                       state.ema[g]) for g in state.ema}
+        # finite; otherwise the whole state except the step counters stays as it was. One
+        # `cond` on the flag, not a `where` per leaf: XLA copied the flag's chain of per-leaf
+        # reductions into every leaf's select (O(leaves^2) ops; stage 1's compile took minutes).
+        ok = jnp.isfinite(loss) & all_finite(grads, new_params)
+        new_ema = {g: ema_update(state.ema[g], new_params[g], state.step,
+                                 self.config.optim.ema_decay) for g in state.ema}
+        params, opt_state, ema = jax.lax.cond(
+            ok, lambda: (new_params, new_opt, new_ema),
+            lambda: (state.params, state.opt_state, state.ema))
         new_state = TrainState(
-            step=state.step + 1, params=params, rest=state.rest,
-            opt_state=keep(new_opt, state.opt_state), ema=ema,
+            step=state.step + 1, params=params, rest=state.rest, opt_state=opt_state, ema=ema,
             nonfinite=state.nonfinite + (~ok).astype(jnp.int32))
         metrics = dict(metrics)
         metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=self.schedule(state.step),
