@@ -16,6 +16,15 @@ prefer_fast_cpu_compiles()  # LLVM -O1: the same step speed, compiles up to 7x f
 
 import pytest  # noqa: E402
 
+
+@pytest.fixture(scope="session", autouse=True)
+def private_keys_dir(tmp_path_factory) -> str:
+    """The generated C2PA and watermark keys live in a folder of this session (and of this
+    xdist worker), never in the user's ``~/.config``. Tests that need their own use monkeypatch."""
+    path = str(tmp_path_factory.mktemp("private_keys"))
+    os.environ["VASA_JAX_C2PA_DIR"] = path
+    return path
+
 TINY = "res64_tiny"  # 6 identities x 2 clips x 25 frames at 64 px: train 8, validation 2, test 2
 
 
@@ -82,7 +91,6 @@ def generation_workdirs(stage1_workdir, synthtalk_tiny, tmp_path_factory) -> tup
     wd = str(tmp_path_factory.mktemp("stage2"))
     Trainer(MotionTask(c), c, wd).fit()
     return stage1_workdir, wd
-
 
 
 def _train_instrument(kind: str, data_dir: str, workdir: str):
