@@ -7,8 +7,9 @@ batch, its row order, and every per-example random draw (keyed by stream positio
 for any process count. For each clip: a random window of ``num_frames`` frames (only those frames
 are decoded) with exactly the aligned audio (640 samples per frame), light augmentation, then
 batching to the per-process batch. ``vasa_jax.parallel.global_batch`` turns a batch into global
-``jax.Array``s. The iterator is checkpointable (``get_state``/``set_state``; orbax through
-``grain.checkpoint``), with or without worker processes.
+``jax.Array``s. A stream can start at any global batch (``make_loader(..., start_batch=s)``),
+without reading what comes before: that is how training resumes, on any number of processes and
+loader workers, from nothing but the step it stopped at.
 
 A damaged record (one that does not parse, a frame that does not decode, audio shorter than the
 clip) does not stop the stream: the example at that position is taken from the next stream
@@ -577,12 +578,17 @@ class _LocalToGlobal(grain.transforms.Map):
         return (step * self.shard_count + self.shard_index) * self.local_batch + row
 
 
-def make_loader(cfg: LoaderConfig, clip_transforms: Sequence[Any] = ()) -> grain.IterDataset:
-    """The grain dataset for ``cfg``; ``iter()`` it for batches (``get_state``/``set_state``).
+def make_loader(cfg: LoaderConfig, clip_transforms: Sequence[Any] = (), *,
+                start_batch: int = 0) -> grain.IterDataset:
+    """The grain dataset for ``cfg``; ``iter()`` it for batches.
 
     ``clip_transforms`` (callables example -> example) run on each whole clip before windowing,
     e.g. ``AddAudioFeatures``, whose per-frame output is then windowed like the motion.
+    ``start_batch``: the stream begins at that global batch (the batches before it are never
+    read): its ``i``-th batch is batch ``start_batch + i`` of the stream from 0.
     """
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}.")
     source, _ = open_source(cfg.dataset, cfg.config, cfg.split, cfg.data_dir)
     p = jax.process_index() if cfg.shard_index is None else cfg.shard_index
     n_proc = jax.process_count() if cfg.shard_count is None else cfg.shard_count
@@ -629,6 +635,8 @@ def make_loader(cfg: LoaderConfig, clip_transforms: Sequence[Any] = ()) -> grain
     ds = ds.map(LoadExample(ReadClip(source, order, tuple(clip_transforms), keep,
                                      cfg.cache_clips), tuple(steps)))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    if start_batch:
+        ds = ds[start_batch:]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if cfg.worker_count == 0 else 1,
                                               prefetch_buffer_size=cfg.worker_buffer_size))
     if cfg.worker_count > 0:

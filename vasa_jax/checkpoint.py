@@ -1,5 +1,7 @@
-"""Checkpoints: an orbax ``CheckpointManager`` holding the train state, the grain iterator state
-and the config, saved asynchronously, keeping the newest N.
+"""Checkpoints: an orbax ``CheckpointManager`` holding the train state and the config, saved
+asynchronously, keeping the newest N. The data position needs no state of its own: the loader's
+stream is a function of the global batch index alone (``data_pipeline.loader``), so a resumed run
+starts its loader at the restored step, on any number of processes or loader workers.
 
 Restoring takes an abstract train state whose leaves carry the *target* shardings, so a
 checkpoint written on one mesh restores onto any other mesh shape. Restoring the latest step
@@ -16,7 +18,6 @@ import os
 import time
 from typing import Any, Callable
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -30,7 +31,7 @@ class CheckpointMismatch(ValueError):
 
 
 class Checkpointer:
-    """Save/restore ``(state, data iterator, config)`` under ``directory``."""
+    """Save/restore ``(state, config)`` under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
                  save_interval_steps: int = 1000, use_async: bool = True, create: bool = True,
@@ -46,30 +47,26 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iterator: Any, config: Any, *,
-             force: bool = False) -> bool:
+    def save(self, step: int, state: Any, config: Any, *, force: bool = False) -> bool:
         """Save if ``step`` is on the interval (or ``force``); returns whether it saved."""
-        args = {"state": ocp.args.StandardSave(state),
-                "config": ocp.args.JsonSave(config_dict(config))}
-        if data_iterator is not None:
-            args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  config=ocp.args.JsonSave(config_dict(config)))
+        return self.manager.save(step, args=args, force=force)
 
     def should_save(self, step: int) -> bool:
         """Whether ``save(step)`` (without ``force``) would write a checkpoint."""
         return self.manager.should_save(step)
 
-    def restore(self, abstract_state: Any, data_iterator: Any = None, step: int | None = None,
-                *, check: Callable[[int], None] | None = None, set_aside: bool = False
+    def restore(self, abstract_state: Any, step: int | None = None, *,
+                check: Callable[[int], None] | None = None, set_aside: bool = False
                 ) -> tuple[int, Any]:
-        """Restore ``step`` into the shapes/shardings of ``abstract_state``; the data iterator,
-        if given, is restored in place. Returns (step, state).
+        """Restore ``step`` into the shapes/shardings of ``abstract_state``. Returns
+        (step, state).
 
         Without ``step``: the newest step that can be read. A step whose files cannot be read
         (truncated or missing files, e.g. a disk that filled up or a copy cut short) is passed
@@ -83,7 +80,7 @@ class Checkpointer:
         if step is not None:
             if check is not None:
                 check(step)
-            return step, self._restore(step, abstract_state, data_iterator)
+            return step, self._restore(step, abstract_state)
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             raise FileNotFoundError(f"No checkpoint in {self.directory}.")
@@ -92,7 +89,7 @@ class Checkpointer:
             try:
                 if check is not None:
                     check(s)
-                state = self._restore(s, abstract_state, data_iterator)
+                state = self._restore(s, abstract_state)
             except (CheckpointMismatch, ConnectionError, TimeoutError):
                 raise  # a misfit or an unreachable store, not a damaged step
             except Exception as e:  # noqa: BLE001 -- any read error means: try the step before
@@ -109,15 +106,12 @@ class Checkpointer:
         raise RuntimeError(
             f"No checkpoint step in {self.directory} could be restored:\n"
             + "\n".join(f"  step {s}: {why}" for s, why in failures)
-            + "\nIf every step fails alike the cause is not damage (e.g. the data loader's "
-            "worker count changed since the save); otherwise the files are damaged: restore them "
-            "from a copy or start a new workdir.")
+            + "\nThe files are damaged (or not an orbax checkpoint of this project): restore "
+            "them from a copy or start a new workdir.")
 
-    def _restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
-        args = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
-            args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    def _restore(self, step: int, abstract_state: Any) -> Any:
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        return self.manager.restore(step, args=args)["state"]
 
     def _set_aside(self, steps: list[int]) -> None:
         """Move unreadable step directories out of the manager's view (process 0 moves, every

@@ -35,6 +35,10 @@ DAMAGE = {1: "bad_frame", 3: "short_audio", 5: "bad_record"}  # train record -> 
 
 
 def _config(data_dir, **over):
+    """The motion ``test`` config on one device unless ``over`` sets a mesh or a device count
+    (one device compiles several times faster than the 8 simulated ones)."""
+    if "mesh_shape" not in over:
+        over.setdefault("num_devices", 1)
     return make_test_config(get_config, data_dir, **over)
 
 
@@ -284,7 +288,6 @@ def _truncate(pattern: str) -> None:
 DAMAGES = {  # what a bad save or copy leaves in the latest step
     "array data": "state/**/d/*",
     "state metadata": "state/_METADATA",
-    "data iterator": "data/*.json",
 }
 
 
@@ -294,8 +297,7 @@ def test_unreadable_latest_step_falls_back_to_the_previous_one(good_run, tmp_pat
     wd = _copy(good_run[0], tmp_path)
     _truncate(os.path.join(wd, "checkpoints", "4", DAMAGES[damage]))
     trainer = good_run[1]
-    step, state = Checkpointer(os.path.join(wd, "checkpoints")).restore(
-        trainer.abstract_state(), iter(trainer.task.train_loader()))
+    step, state = Checkpointer(os.path.join(wd, "checkpoints")).restore(trainer.abstract_state())
     assert step == 2 and int(state.step) == 2
     assert "Checkpoint step 4 in" in caplog.text and "unreadable" in caplog.text
 

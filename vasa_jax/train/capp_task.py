@@ -135,12 +135,13 @@ class CappTask(InstrumentTask):
             model.set_stats(**self.stats)
 
     # -- data ----------------------------------------------------------------------------------
-    def train_loader(self):
+    def train_loader(self, start_batch: int = 0):
         per_process = parallel.batch_size_per_process(self.config.data.batch_size)
         cfg = views.window_loader_config(self.config, split=self.config.data.split,
                                          num_frames=self.config.model.window, train=True,
                                          batch_size=per_process)
-        return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)])
+        return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)],
+                           start_batch=start_batch)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {"pose": np.asarray(batch["motion"][..., POSE_COLUMNS], np.float32),

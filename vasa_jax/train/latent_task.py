@@ -98,10 +98,11 @@ class LatentTask(Task):
             nnx.update(model.estimator, jax.tree.map(jnp.asarray, self.estimator_state))
 
     # -- data ----------------------------------------------------------------------------------
-    def train_loader(self):
+    def train_loader(self, start_batch: int = 0):
         per_process = parallel.batch_size_per_process(self.config.data.batch_size)
-        return make_loader(pair_loader_config(self.config, split=self.config.data.split,
-                                              train=True, batch_size=per_process))
+        cfg = pair_loader_config(self.config, split=self.config.data.split, train=True,
+                                 batch_size=per_process)
+        return make_loader(cfg, start_batch=start_batch)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         frames = np.asarray(batch["frames"], np.uint8)

@@ -72,12 +72,13 @@ class MotionTask(Task):
     def window_frames(self) -> int:
         return self.config.model.context + self.config.model.window
 
-    def train_loader(self):
+    def train_loader(self, start_batch: int = 0):
         per_process = parallel.batch_size_per_process(self.config.data.batch_size)
         cfg = views.window_loader_config(self.config, split=self.config.data.split,
                                          num_frames=self.window_frames(), train=True,
                                          batch_size=per_process)
-        return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)])
+        return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)],
+                           start_batch=start_batch)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         b = len(batch["motion"])

@@ -74,7 +74,7 @@ class ProbeTask(InstrumentTask):
             model.set_stats(**self.stats)
 
     # -- data ----------------------------------------------------------------------------------
-    def train_loader(self):
+    def train_loader(self, start_batch: int = 0):
         d = self.config.data
         cfg = LoaderConfig(
             dataset=d.dataset, config=d.config, split=d.split, data_dir=d.data_dir or None,
@@ -83,7 +83,7 @@ class ProbeTask(InstrumentTask):
             frames=True, audio=False, augment=True, flip_prob=0.5 if d.flip else 0.0,
             colour_jitter=d.colour_jitter, drop_remainder=True, cache_clips=d.cache_clips,
             worker_count=d.num_workers, worker_buffer_size=d.worker_buffer_size)
-        return make_loader(cfg)
+        return make_loader(cfg, start_batch=start_batch)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {"frames": np.asarray(batch["frames"][:, 0], np.uint8),

@@ -109,10 +109,10 @@ class SyncNetTask(InstrumentTask):
             drop_remainder=True, cache_clips=d.cache_clips, worker_count=d.num_workers,
             worker_buffer_size=d.worker_buffer_size)
 
-    def train_loader(self):
+    def train_loader(self, start_batch: int = 0):
         return make_loader(self.loader_config(
             batch_size=parallel.batch_size_per_process(self.config.data.batch_size),
-            seed=self.config.seed))
+            seed=self.config.seed), start_batch=start_batch)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         crop, size, scale = self._geometry()

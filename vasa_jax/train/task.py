@@ -44,8 +44,9 @@ class Task:
         """Called on the freshly built model inside the sharded init (e.g. install statistics)."""
 
     # -- data ----------------------------------------------------------------------------------
-    def train_loader(self):
-        """Grain dataset of per-process training batches (infinite, checkpointable)."""
+    def train_loader(self, start_batch: int = 0):
+        """Grain dataset of per-process training batches (infinite), from global batch
+        ``start_batch`` on (``data_pipeline.loader.make_loader``): a resumed run passes its step."""
         raise NotImplementedError
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:

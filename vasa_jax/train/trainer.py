@@ -5,8 +5,9 @@ config, shape-first sharded initialisation of the whole train state, ONE ``jax.j
 with ``in_shardings``/``out_shardings`` and donation, AdamW with warmup + cosine and clipping per
 parameter group, an EMA of the parameters, a non-finite guard (the update is skipped and counted),
 clu metric writers (TensorBoard + log + ``metrics.jsonl``; only process 0 writes),
-``ReportProgress``, a profiler hook, periodic evaluation, orbax checkpoints of state + data
-iterator + config, and a SIGTERM handler that saves before exiting.
+``ReportProgress``, a profiler hook, periodic evaluation, orbax checkpoints of state + config
+(a resumed run's loader starts at the restored step), and a SIGTERM handler that saves before
+exiting.
 
 Nothing lost, nothing silent: ``train.max_nonfinite_steps`` skipped steps in a row stop the run
 (``NonFiniteSteps``) without saving; the loader's skipped damaged records are logged
@@ -16,7 +17,8 @@ training values unless ``allow_config_change``) and passes over an unreadable la
 
 Randomness: the step key is ``fold_in(PRNGKey(seed), step)`` and tasks derive per-example keys
 from each example's global stream position, so a resumed run repeats the uninterrupted one and
-the result does not depend on the number of processes.
+the result does not depend on the number of processes (a run may resume on another process or
+loader-worker count).
 """
 
 from __future__ import annotations
@@ -387,17 +389,17 @@ class Trainer:
                             max_to_keep=cfg.keep_checkpoints,
                             save_interval_steps=cfg.checkpoint_every,
                             use_async=cfg.async_checkpoints, cleanup_tmp=True)
-        data = iter(self.task.train_loader())
         start = 0
         if ckpt.latest_step() is not None:  # resume (statistics come from the checkpoint)
             try:
                 start, self.state = ckpt.restore(
-                    self.abstract_state(), data, set_aside=True,
+                    self.abstract_state(), set_aside=True,
                     check=lambda step: self._check_resume(ckpt, step, allow_config_change))
             except BaseException:
                 ckpt.close()
                 raise
             logging.info("Resumed from step %d in %s", start, ckpt.directory)
+        data = iter(self.task.train_loader(start_batch=start))  # one global batch per step
         skips = SkippedRecords(f"{d.dataset}/{d.config} (split {d.split})",
                                d.max_skipped_fraction, d.skip_check_after)
         streak = _NonFiniteStreak()
@@ -439,7 +441,7 @@ class Trainer:
                         skips.check(counts, used)
                     if logged or final or ckpt.should_save(done):
                         self._stop_on_nonfinite(streak, done, ckpt)
-                    saved = ckpt.save(done, self.state, data, self.config, force=final)
+                    saved = ckpt.save(done, self.state, self.config, force=final)
                     due = lambda every: bool(every) and (done % every == 0 or final)  # noqa: E731
                     last.update(self._run_hooks(done, evaluate=due(cfg.eval_every),
                                                 images=due(cfg.get("image_every", 0)),
@@ -447,7 +449,7 @@ class Trainer:
                     if sigterm.any_process():
                         if not saved:  # this step is not on the checkpoint interval
                             self._stop_on_nonfinite(streak, done, ckpt)
-                            ckpt.save(done, self.state, data, self.config, force=True)
+                            ckpt.save(done, self.state, self.config, force=True)
                         logging.warning("SIGTERM: saved checkpoint at step %d, exiting.", done)
                         raise Preempted(done)
         finally:  # pending asynchronous saves complete (they hold good states) and logs reach disk
