@@ -101,7 +101,9 @@ def test_main_job_runs_the_whole_pipeline(tmp_path, capsys, monkeypatch):
                      "--set-latent", "model.estimator_workdir=package:estimator_synthtalk64",
                      "--set-latent", "model.skip_channels=4",
                      "--set-latent", "model.pixel_warp=True",
-                     "--set-latent", "num_devices=1", "--set-motion", "num_devices=1"]) == 0
+                     "--set-latent", "num_devices=1", "--set-motion", "num_devices=1",
+                     # the pipeline, not learning, is under test here (warmup is 5 steps)
+                     "--set-latent", "train.steps=6", "--set-motion", "train.steps=6"]) == 0
     out = capsys.readouterr().out
     assert "C2PA manifest: VALID" in out and "watermark: DETECTED" in out
     gen, _, _, _ = read_mp4(wd / "demo" / "generated.mp4")
