@@ -386,7 +386,8 @@ def test_a_failed_process_ends_the_job_with_a_clear_error(failure, synthtalk_tin
 @pytest.mark.reliability
 def test_sigterm_on_a_checkpoint_step_saves_once_and_stops(synthtalk_tiny, tmp_path):
     """SIGTERM arriving at a step that was just checkpointed stops cleanly (no second save of
-    the same step)."""
+    the same step), and the run resumed from there ends with the uninterrupted run's state (the
+    one-process preemption path; two processes: ``test_sigterm_in_two_processes_...``)."""
     from vasa_jax.train.trainer import Preempted
 
     class SigtermAtStep2(MotionTask):
@@ -398,6 +399,14 @@ def test_sigterm_on_a_checkpoint_step_saves_once_and_stops(synthtalk_tiny, tmp_p
     c = _config(synthtalk_tiny, **{"train.steps": 10, "train.checkpoint_every": 2,
                                    "train.eval_every": 1})
     with pytest.raises(Preempted) as stop:
-        Trainer(SigtermAtStep2(c), c, str(tmp_path)).fit()
+        Trainer(SigtermAtStep2(c), c, str(tmp_path / "run")).fit()
     assert stop.value.step == 2
-    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
+    assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 2
+    c.train.eval_every = 0  # a resume-free field: the state does not depend on it
+    Trainer(MotionTask(c), c, str(tmp_path / "run")).fit()
+    Trainer(MotionTask(c), c, str(tmp_path / "full")).fit()
+    step_a, state_a = _final_state(tmp_path / "full", c)
+    step_b, state_b = _final_state(tmp_path / "run", c)
+    assert step_a == step_b == 10
+    for x, y in zip(state_a, state_b):
+        np.testing.assert_array_equal(x, y)
