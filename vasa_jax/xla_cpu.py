@@ -1,13 +1,15 @@
-"""XLA's CPU backend compiles with LLVM at -O1 unless told otherwise.
+"""XLA's CPU backend compiles with LLVM at -O2 unless told otherwise.
 
-At the default -O2 most of a CPU compile is LLVM optimising the thousands of small fused
-kernels a training step becomes, for no measurable speed: stage 1's ``test`` trainer
-initialises in 9 s instead of 69 s and its train step compiles in 57 s instead of 75 s, with
-the same step time (``benchmarks/bench_compile.py``, ``benchmarks/results/compile.json``).
+Left unset, XLA's CPU compile spends most of its time in LLVM optimising the thousands of small
+fused kernels a training step becomes. Setting the level to 2 explicitly, stage 1's ``test``
+trainer initialises in 11 s instead of 73 s and its train step compiles in 64 s instead of 76 s,
+for a step 10 % slower (1.02 s vs 0.93 s); level 1 was no faster to compile and slower to run
+(``benchmarks/bench_compile.py``, ``benchmarks/results/compile.json``, 2026-12-04, one core).
 
 ``prefer_fast_cpu_compiles()`` must run before JAX creates its backends (the first
 ``jax.devices()`` or computation); the CLI, ``launch/train.py`` and the tests call it first.
-It leaves ``XLA_FLAGS`` alone when it already sets a level, and when the job may run on an
+It leaves ``XLA_FLAGS`` alone when it already sets a level (a long CPU training run, where step
+time outweighs compile time, can set its own there), and when the job may run on an
 accelerator (``JAX_PLATFORMS`` names another platform, or it is unset and a CUDA, ROCm or TPU
 plugin is installed), where the flag would apply to the accelerator's compiler too.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
-FLAG = "--xla_backend_optimization_level=1"
+FLAG = "--xla_backend_optimization_level=2"
 _ACCELERATOR_DISTRIBUTIONS = ("libtpu", "jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm")
 
 
