@@ -257,11 +257,12 @@ def _multihost(workdir, data_dir, *extra, devices=2, launcher=(), timeout=600, *
 
 
 STEPS = 16
-TWO_PROCESS_RUN = (f"--config.train.steps={STEPS}", "--config.train.log_every=1")
 
 
 def _two_process_run(checkpoint_every):
-    return (*TWO_PROCESS_RUN, f"--config.train.checkpoint_every={checkpoint_every}")
+    """The launch/train.py flags of the 2-process runs below (they differ only in this)."""
+    return (f"--config.train.steps={STEPS}", "--config.train.log_every=1",
+            f"--config.train.checkpoint_every={checkpoint_every}")
 
 
 @pytest.fixture(scope="module")
