@@ -12,6 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from data_pipeline.loader import LoaderConfig, make_loader, open_source
+from data_pipeline.synthtalk.motion import FIELD
+
+# Head pose (yaw, pitch, roll) columns of the 12-d motion track.
+POSE_COLUMNS = (FIELD["yaw"], FIELD["pitch"], FIELD["roll"])
 
 
 def _source(config, split: str):
@@ -38,6 +42,23 @@ def window_loader_config(config, *, split: str, num_frames: int, train: bool, ba
         cache_clips=d.cache_clips if train else 0,
         worker_count=d.num_workers if train else 0, worker_buffer_size=d.worker_buffer_size,
         shard_index=shard_index, shard_count=shard_count)
+
+
+def pixel_window_loader_config(config, *, num_frames: int, batch_size: int, audio: bool,
+                               seed: int | None = None, augment: bool = True) -> LoaderConfig:
+    """Random windows of ``num_frames`` frames with pixels (and the raw audio when ``audio``) of
+    ``data.split``, shuffled, forever: the instruments that read frames (the probe: 1 frame;
+    SyncNet: a window with room for audio shifts). ``augment``: mirroring (``data.flip``) and
+    colour jitter. ``seed`` defaults to ``config.seed``."""
+    d = config.data
+    return LoaderConfig(
+        dataset=d.dataset, config=d.config, split=d.split, data_dir=d.data_dir or None,
+        num_frames=num_frames, batch_size=batch_size,
+        seed=config.seed if seed is None else seed, shuffle=True, num_epochs=None,
+        random_window=True, frames=True, audio=audio, augment=augment,
+        flip_prob=0.5 if d.flip else 0.0, colour_jitter=d.colour_jitter, drop_remainder=True,
+        cache_clips=d.cache_clips, worker_count=d.num_workers,
+        worker_buffer_size=d.worker_buffer_size)
 
 
 def pair_loader_config(config, *, split: str, train: bool, batch_size: int,
@@ -85,6 +106,29 @@ def read_clips(config, split: str, max_clips: int | None = None, *, frames: bool
                 clip[k] = int(clip[k])
         clips.append(clip)
     return clips
+
+
+def read_pose_clips(config, split: str, max_clips: int | None = None
+                    ) -> list[dict[str, np.ndarray]]:
+    """Whole clips of ``split`` in stored order, as CAPP reads them: ``pose`` (T, 3) radians
+    (yaw, pitch, roll: ``POSE_COLUMNS`` of the motion track), ``audio_features`` (T, F) of
+    ``config.audio``'s frontend, ``identity``. No pixels are decoded."""
+    clips = read_clips(config, split, max_clips, audio_features=True)
+    return [{"pose": np.asarray(c["motion"][:, POSE_COLUMNS], np.float32),
+             "audio_features": np.asarray(c["audio_features"], np.float32),
+             "identity": c["identity"]} for c in clips]
+
+
+def pose_audio_stats(clips: Sequence[dict[str, Any]], center_pose: bool
+                     ) -> dict[str, np.ndarray]:
+    """Per-angle pose mean/std of ``read_pose_clips`` rows (of the clip-centred pose when
+    ``center_pose``), ``pose_diff_std`` (std of the frame differences), and per-feature audio
+    mean/std."""
+    centred = [{"pose": c["pose"] - (c["pose"].mean(0) if center_pose else 0.0),
+                "diff": np.diff(c["pose"], axis=0), "audio": c["audio_features"]} for c in clips]
+    stats = clip_stats(centred, {"pose": "pose", "audio": "audio"})
+    stats["pose_diff_std"] = mean_std(centred, "diff")[1]
+    return stats
 
 
 def mean_std(clips: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ from configs.capp import get_config
 from data_pipeline.synthtalk.generate import clip_tracks
 from vasa_jax.instruments import capp as cp
 from vasa_jax.instruments.load import load_capp
-from vasa_jax.train.capp_task import POSE_COLUMNS, info_nce, splice
+from data_pipeline.views import POSE_COLUMNS
+from vasa_jax.train.capp_task import info_nce, splice
 from vasa_jax.train.heldout import write_heldout
 
 

@@ -29,34 +29,9 @@ import optax
 from absl import logging
 
 from data_pipeline import views
-from data_pipeline.loader import make_loader
-from data_pipeline.synthtalk.motion import FIELD
-from vasa_jax import parallel
 from vasa_jax.instruments import capp as cp
 from vasa_jax.motion.audio import AddAudioFeatures, frontend_from_config
 from vasa_jax.train.task import InstrumentTask
-
-
-POSE_COLUMNS = (FIELD["yaw"], FIELD["pitch"], FIELD["roll"])
-
-
-def read_clips(config, split: str, max_clips: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Whole clips of ``split`` in stored order: ``pose`` (T, 3) radians, ``audio_features``
-    (T, F), ``identity``. No pixels are decoded."""
-    clips = views.read_clips(config, split, max_clips, audio_features=True)
-    return [{"pose": np.asarray(c["motion"][:, POSE_COLUMNS], np.float32),
-             "audio_features": np.asarray(c["audio_features"], np.float32),
-             "identity": c["identity"]} for c in clips]
-
-
-def dataset_stats(clips, center_pose: bool) -> dict[str, np.ndarray]:
-    """Per-angle pose mean/std (of the window-centred pose when ``center_pose``; centred per
-    clip here), std of the frame differences, and per-feature audio mean/std of ``clips``."""
-    centred = [{"pose": c["pose"] - (c["pose"].mean(0) if center_pose else 0.0),
-                "diff": np.diff(c["pose"], axis=0), "audio": c["audio_features"]} for c in clips]
-    stats = views.clip_stats(centred, {"pose": "pose", "audio": "audio"})
-    stats["pose_diff_std"] = views.mean_std(centred, "diff")[1]
-    return stats
 
 
 def shift_frames(x: jax.Array, shift: jax.Array) -> jax.Array:
@@ -125,8 +100,8 @@ class CappTask(InstrumentTask):
     # -- model ---------------------------------------------------------------------------------
     def prepare(self) -> None:
         c = self.config
-        self.stats = dataset_stats(read_clips(c, c.data.split, c.train.stats_clips),
-                                   c.model.center_pose)
+        self.stats = views.pose_audio_stats(
+            views.read_pose_clips(c, c.data.split, c.train.stats_clips), c.model.center_pose)
         logging.info("CAPP pose std %s, pose diff std %s", np.round(self.stats["pose_std"], 4),
                      np.round(self.stats["pose_diff_std"], 5))
 
@@ -135,16 +110,16 @@ class CappTask(InstrumentTask):
             model.set_stats(**self.stats)
 
     # -- data ----------------------------------------------------------------------------------
-    def train_loader(self, start_batch: int = 0):
-        per_process = parallel.batch_size_per_process(self.config.data.batch_size)
-        cfg = views.window_loader_config(self.config, split=self.config.data.split,
-                                         num_frames=self.config.model.window, train=True,
-                                         batch_size=per_process)
-        return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)],
-                           start_batch=start_batch)
+    def loader_config(self, batch_size: int):
+        return views.window_loader_config(self.config, split=self.config.data.split,
+                                          num_frames=self.config.model.window, train=True,
+                                          batch_size=batch_size)
+
+    def clip_transforms(self):
+        return [AddAudioFeatures(self.frontend)]
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return {"pose": np.asarray(batch["motion"][..., POSE_COLUMNS], np.float32),
+        return {"pose": np.asarray(batch["motion"][..., views.POSE_COLUMNS], np.float32),
                 "audio_features": np.asarray(batch["audio_features"], np.float32),
                 "pos": (np.asarray(batch["pos"], np.int64) % (2 ** 31)).astype(np.int32)}
 
@@ -175,7 +150,7 @@ class CappTask(InstrumentTask):
         if not e.train_eval_clips:
             return {}
         if not hasattr(self, "_eval_windows"):
-            clips = read_clips(self.config, e.train_eval_split, e.train_eval_clips)
+            clips = views.read_pose_clips(self.config, e.train_eval_split, e.train_eval_clips)
             self._eval_windows = clip_windows(clips, model.window, e.hop or model.window)
         res = cp.pair_metrics(cp.Capp(model), *self._eval_windows, batch=e.batch)
         return {"top1": res["top1"], "top5": res["top5"], "matched": res["matched_mean"],
@@ -198,7 +173,7 @@ def heldout_metrics(capp: cp.Capp, config, split: str = "test", max_clips: int |
     ``split`` (default ``test``: identities never seen in training); ``max_clips`` None/0 = all.
     Also ``clip_score_mean``: mean ``capp_score`` of the whole clips."""
     e = config.eval
-    clips = read_clips(config, split, max_clips)
+    clips = views.read_pose_clips(config, split, max_clips)
     hop = e.hop or capp.window
     res: dict[str, Any] = cp.pair_metrics(capp, *clip_windows(clips, capp.window, hop),
                                           batch=e.batch, seed=config.seed)

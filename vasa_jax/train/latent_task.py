@@ -31,9 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipeline.loader import make_loader
 from data_pipeline.views import pair_loader_config
-from vasa_jax import parallel
 from vasa_jax.latent import cross_render, guidance
 from vasa_jax.latent.model import FaceLatentModel, make_face_latent_model
 from vasa_jax.latent.objective import (discriminator_loss, generator_loss_terms,
@@ -98,11 +96,9 @@ class LatentTask(Task):
             nnx.update(model.estimator, jax.tree.map(jnp.asarray, self.estimator_state))
 
     # -- data ----------------------------------------------------------------------------------
-    def train_loader(self, start_batch: int = 0):
-        per_process = parallel.batch_size_per_process(self.config.data.batch_size)
-        cfg = pair_loader_config(self.config, split=self.config.data.split, train=True,
-                                 batch_size=per_process)
-        return make_loader(cfg, start_batch=start_batch)
+    def loader_config(self, batch_size: int):
+        return pair_loader_config(self.config, split=self.config.data.split, train=True,
+                                  batch_size=batch_size)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         frames = np.asarray(batch["frames"], np.uint8)

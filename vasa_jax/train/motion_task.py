@@ -13,8 +13,6 @@ import numpy as np
 from absl import logging
 
 from data_pipeline import views
-from data_pipeline.loader import make_loader
-from vasa_jax import parallel
 from vasa_jax.motion import diffusion
 from vasa_jax.motion.audio import AddAudioFeatures, frontend_from_config
 from vasa_jax.motion.dit import MotionDiT
@@ -72,13 +70,13 @@ class MotionTask(Task):
     def window_frames(self) -> int:
         return self.config.model.context + self.config.model.window
 
-    def train_loader(self, start_batch: int = 0):
-        per_process = parallel.batch_size_per_process(self.config.data.batch_size)
-        cfg = views.window_loader_config(self.config, split=self.config.data.split,
-                                         num_frames=self.window_frames(), train=True,
-                                         batch_size=per_process)
-        return make_loader(cfg, clip_transforms=[AddAudioFeatures(self.frontend)],
-                           start_batch=start_batch)
+    def loader_config(self, batch_size: int):
+        return views.window_loader_config(self.config, split=self.config.data.split,
+                                          num_frames=self.window_frames(), train=True,
+                                          batch_size=batch_size)
+
+    def clip_transforms(self):
+        return [AddAudioFeatures(self.frontend)]
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         b = len(batch["motion"])

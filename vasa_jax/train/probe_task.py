@@ -24,8 +24,6 @@ import optax
 from absl import logging
 
 from data_pipeline import views
-from data_pipeline.loader import LoaderConfig, make_loader
-from vasa_jax import parallel
 from vasa_jax.instruments import probe as sp
 from vasa_jax.train.task import InstrumentTask
 
@@ -74,16 +72,9 @@ class ProbeTask(InstrumentTask):
             model.set_stats(**self.stats)
 
     # -- data ----------------------------------------------------------------------------------
-    def train_loader(self, start_batch: int = 0):
-        d = self.config.data
-        cfg = LoaderConfig(
-            dataset=d.dataset, config=d.config, split=d.split, data_dir=d.data_dir or None,
-            num_frames=1, batch_size=parallel.batch_size_per_process(d.batch_size),
-            seed=self.config.seed, shuffle=True, num_epochs=None, random_window=True,
-            frames=True, audio=False, augment=True, flip_prob=0.5 if d.flip else 0.0,
-            colour_jitter=d.colour_jitter, drop_remainder=True, cache_clips=d.cache_clips,
-            worker_count=d.num_workers, worker_buffer_size=d.worker_buffer_size)
-        return make_loader(cfg, start_batch=start_batch)
+    def loader_config(self, batch_size: int):
+        return views.pixel_window_loader_config(self.config, num_frames=1,
+                                                batch_size=batch_size, audio=False)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {"frames": np.asarray(batch["frames"][:, 0], np.uint8),

@@ -125,7 +125,8 @@ def fit_stage(stage: str, workdir: str, *, variant: str | None = None,
     print(f"Training {STAGES[stage]} ({config.variant}) for {config.train.steps} steps into "
           f"{workdir}")
     result = run(config, workdir, progress=True, allow_config_change=allow_config_change)
-    print(f"Done in {result['train_seconds'] / 60:.1f} min; final loss {result.get('loss', 0):.4f}.")
+    print(f"Done in {result['train_seconds'] / 60:.1f} min; "
+          f"final loss {result.get('loss', 0):.4f}.")
     heldout = os.path.join(workdir, f"{stage}_heldout.json")
     if stage in INSTRUMENTS and os.path.exists(heldout):
         with open(heldout) as f:

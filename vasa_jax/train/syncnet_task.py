@@ -36,8 +36,7 @@ import optax
 from flax import nnx
 
 from data_pipeline import views
-from data_pipeline.loader import LoaderConfig, make_loader
-from vasa_jax import parallel
+from data_pipeline.loader import make_loader
 from vasa_jax.instruments import mfcc as mfcc_lib
 from vasa_jax.instruments import syncnet as sn
 from vasa_jax.atomic import atomic_path
@@ -99,20 +98,11 @@ class SyncNetTask(InstrumentTask):
         return self._geom
 
     # -- data ----------------------------------------------------------------------------------
-    def loader_config(self, *, batch_size: int, seed: int, augment: bool = True) -> LoaderConfig:
-        d = self.config.data
-        return LoaderConfig(
-            dataset=d.dataset, config=d.config, split=d.split, data_dir=d.data_dir or None,
-            num_frames=window_frames(self.config), batch_size=batch_size, seed=seed,
-            shuffle=True, num_epochs=None, random_window=True, frames=True, audio=True,
-            augment=augment, flip_prob=0.5 if d.flip else 0.0, colour_jitter=d.colour_jitter,
-            drop_remainder=True, cache_clips=d.cache_clips, worker_count=d.num_workers,
-            worker_buffer_size=d.worker_buffer_size)
-
-    def train_loader(self, start_batch: int = 0):
-        return make_loader(self.loader_config(
-            batch_size=parallel.batch_size_per_process(self.config.data.batch_size),
-            seed=self.config.seed), start_batch=start_batch)
+    def loader_config(self, batch_size: int, *, seed: int | None = None,
+                      augment: bool = True):
+        return views.pixel_window_loader_config(
+            self.config, num_frames=window_frames(self.config), batch_size=batch_size,
+            audio=True, seed=seed, augment=augment)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         crop, size, scale = self._geometry()
@@ -137,8 +127,8 @@ class SyncNetTask(InstrumentTask):
         """``n`` host batches (frames, mfcc patches) of training windows, without augmentation
         (fixed seed), for the BatchNorm statistics."""
         crop, size, scale = self._geometry()
-        it = iter(make_loader(self.loader_config(batch_size=batch_size,
-                                                 seed=self.config.seed + 1, augment=False)))
+        it = iter(make_loader(self.loader_config(batch_size, seed=self.config.seed + 1,
+                                                 augment=False)))
         for _ in range(int(n)):
             hb = host_batch(next(it), crop, size, self.config.loss.max_shift, scale)
             m = hb["mfcc"]

@@ -18,7 +18,8 @@ import jax
 from flax import nnx
 
 from data_pipeline import views
-from vasa_jax import models
+from data_pipeline.loader import LoaderConfig, make_loader
+from vasa_jax import models, parallel
 
 
 class Task:
@@ -44,10 +45,20 @@ class Task:
         """Called on the freshly built model inside the sharded init (e.g. install statistics)."""
 
     # -- data ----------------------------------------------------------------------------------
+    def loader_config(self, batch_size: int) -> LoaderConfig:
+        """The training stream's ``LoaderConfig`` (``data_pipeline.views``) with ``batch_size``
+        examples per process."""
+        raise NotImplementedError
+
+    def clip_transforms(self) -> list[Any]:
+        """Per-clip transforms the loader applies before windowing (e.g. audio features)."""
+        return []
+
     def train_loader(self, start_batch: int = 0):
         """Grain dataset of per-process training batches (infinite), from global batch
         ``start_batch`` on (``data_pipeline.loader.make_loader``): a resumed run passes its step."""
-        raise NotImplementedError
+        cfg = self.loader_config(parallel.batch_size_per_process(self.config.data.batch_size))
+        return make_loader(cfg, clip_transforms=self.clip_transforms(), start_batch=start_batch)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Host batch -> the arrays the step needs (NumPy, leading per-process batch dim)."""
