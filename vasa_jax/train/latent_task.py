@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data_pipeline.synthtalk.motion import MOTION_DIM
 from data_pipeline.views import pair_loader_config
 from vasa_jax.latent import cross_render, guidance
 from vasa_jax.latent.model import FaceLatentModel, make_face_latent_model
@@ -138,6 +139,18 @@ class LatentTask(Task):
                 self._prepare_cross_render()
             out["cross"] = self.cross_inputs(batch)
         return out
+
+    def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        if self.config.loss.get("cross_render", False):
+            raise NotImplementedError("loss.cross_render batches hold rendered SynthTalk rows; "
+                                      "plan the config with --set loss.cross_render=False.")
+        b, r = batch_size, self.config.model.resolution
+        spec = {"frames": jax.ShapeDtypeStruct((b, 2, r, r, 3), np.uint8)}
+        if needs_labels(self.config):
+            spec["motion"] = jax.ShapeDtypeStruct((b, 2, MOTION_DIM), np.float32)
+            if self.config.loss.mouth_l1:
+                spec["mouth"] = jax.ShapeDtypeStruct((b, 2, r, r, 1), np.float32)
+        return spec
 
     # -- objective -----------------------------------------------------------------------------
     def generator_outputs(self, model: FaceLatentModel, frames: jax.Array

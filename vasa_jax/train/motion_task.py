@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -87,6 +88,14 @@ class MotionTask(Task):
                "emotion": np.asarray(batch.get("emotion", np.zeros((b,))), np.int32),
                "pos": (np.asarray(batch["pos"], np.int64) % (2 ** 31)).astype(np.int32)}
         return out
+
+    def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        b, t, m = batch_size, self.window_frames(), self.config.model
+        shapes = {"audio_features": ((b, t, m.audio_dim), np.float32),
+                  "motion": ((b, t, m.motion_dim), np.float32), "gaze": ((b, 2), np.float32),
+                  "distance": ((b,), np.float32), "emotion": ((b,), np.int32),
+                  "pos": ((b,), np.int32)}
+        return {k: jax.ShapeDtypeStruct(shape, dt) for k, (shape, dt) in shapes.items()}
 
     # -- objective -----------------------------------------------------------------------------
     def loss(self, model: MotionDiT, batch, key):

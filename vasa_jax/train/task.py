@@ -64,6 +64,12 @@ class Task:
         """Host batch -> the arrays the step needs (NumPy, leading per-process batch dim)."""
         raise NotImplementedError
 
+    def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes and dtypes of ``device_batch``'s arrays for ``batch_size`` examples, without
+        reading data (what an ahead-of-time compile, ``vasa_jax.plan``, needs)."""
+        raise NotImplementedError(f"The {self.name} task cannot describe its batch without "
+                                  f"data; only the stages can be planned.")
+
     # -- objective -----------------------------------------------------------------------------
     def loss(self, model: nnx.Module, batch: Mapping[str, jax.Array], key: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:

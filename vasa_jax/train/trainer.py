@@ -27,7 +27,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -104,18 +104,33 @@ def _diff_lines(changes: dict) -> str:
     return "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
 
-class _SigtermFlag:
-    """Records SIGTERM instead of dying; the loop saves and exits at the next step."""
+class _PreemptionNotice:
+    """SIGTERM (a preemption notice) -> every process saves and stops at the same step, without
+    a collective per step (which would make every step wait for the device and stop host work
+    from overlapping device work).
+
+    Several processes: JAX's preemption service (on by default in ``jax.distributed``) catches
+    SIGTERM in the process that gets it and tells the coordination service;
+    ``multihost_utils.reached_preemption_sync_point(step)`` then becomes True in every process at
+    the same step (one past the largest step any process had reached), a local check otherwise;
+    orbax's ``CheckpointManager.save`` honours the same point. One process: a Python handler
+    records the signal. If the service is switched off (``jax_enable_preemption_service``), the
+    handler records it and the processes agree by an allgather at the steps that already wait
+    for the device (``synced``: log steps)."""
 
     def __init__(self):
         self.raised = False
         self._previous = None
+        self._service = False
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler (e.g. inside a notebook thread)
-            self._previous = None
+        self._service = (jax.process_count() > 1
+                         and bool(jax.config.jax_enable_preemption_service))
+        if not self._service:  # the service's own handler must not be replaced
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook thread): no handler
+                self._previous = None
         return self
 
     def _handle(self, signum, frame):
@@ -126,10 +141,14 @@ class _SigtermFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def any_process(self) -> bool:
-        """True if any process got SIGTERM (all processes must agree to save together)."""
+    def reached(self, step: int, synced: bool) -> bool:
+        """Whether every process stops after ``step`` (call once per step, in every process)."""
+        if self._service:
+            return multihost_utils.reached_preemption_sync_point(step)
         if jax.process_count() == 1:
             return self.raised
+        if not synced:
+            return False
         flags = multihost_utils.process_allgather(np.array([self.raised], np.int32))
         return bool(np.asarray(flags).any())
 
@@ -187,11 +206,17 @@ def read_metrics(workdir: str) -> list[dict]:
 class Trainer:
     """Builds everything for ``task`` on the mesh in ``config`` and runs the loop."""
 
-    def __init__(self, task: Task, config, workdir: str, *, prepare: bool = True):
+    def __init__(self, task: Task, config, workdir: str | None, *, prepare: bool = True,
+                 devices: Sequence[Any] | None = None, materialize: bool = True):
         """``prepare=False`` skips the task's host-side preparation (dataset statistics), for a
-        trainer whose state will be restored from a checkpoint."""
+        trainer whose state will be restored from a checkpoint. ``devices`` (default: this
+        process's view of all devices) make the mesh; with ``materialize=False`` no array is
+        allocated: ``state`` holds ShapeDtypeStructs with their shardings, which is what
+        ``lower_step`` needs to compile the step ahead of time for devices this machine does
+        not have (``vasa_jax.plan``: TPU topologies)."""
         self.task, self.config, self.workdir = task, config, workdir
-        self.mesh = parallel.create_mesh(tuple(config.mesh_shape), num_devices=config.num_devices)
+        self.mesh = parallel.create_mesh(tuple(config.mesh_shape), devices=devices,
+                                         num_devices=config.num_devices)
         self.rules = tuple(tuple(r) for r in config.axis_rules)
         self.groups = tuple(task.param_groups)
         self.optimizers = {g: make_optimizer(config.optim, config.train.steps) for g in self.groups}
@@ -199,7 +224,7 @@ class Trainer:
         self.base_key = jax.random.PRNGKey(config.seed)
         if prepare:
             task.prepare()
-        self._build_state()
+        self._build_state(materialize)
         self._train_step = None
 
     # -- state ---------------------------------------------------------------------------------
@@ -219,11 +244,14 @@ class Trainer:
             ema={g: jax.tree.map(jnp.copy, params[g]) for g in self.task.ema_groups},
             nonfinite=jnp.zeros((), jnp.int32))
 
-    def _build_state(self) -> None:
+    def _build_state(self, materialize: bool = True) -> None:
         self.graphdef = self._split(nnx.eval_shape(self._make_model))[0]
         abstract = jax.eval_shape(self._fresh_state)
         self.state_shardings = parallel.state_shardings(abstract, self.mesh, self.rules)
-        self.state = jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
+        if materialize:
+            self.state = jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
+        else:
+            self.state = abstract_like(abstract, self.state_shardings)
 
     def abstract_state(self) -> Any:
         """The train state's shapes with this trainer's shardings (a restore target)."""
@@ -301,13 +329,26 @@ class Trainer:
                        nonfinite_total=new_state.nonfinite.astype(jnp.float32))
         return new_state, metrics
 
-    def compile_step(self, example_batch: dict[str, np.ndarray]):
+    def _jit_step(self, example_batch: Mapping[str, Any]):
+        """The jitted step for batches shaped like ``example_batch`` (arrays or
+        ShapeDtypeStructs): state sharded as ``state_shardings`` and donated, the batch split
+        over the batch axes, the metrics replicated."""
         batch_sh = parallel.batch_shardings(example_batch, self.mesh)
-        self._train_step = jax.jit(
+        return jax.jit(
             self._step, in_shardings=(self.state_shardings, batch_sh),
             out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
             donate_argnums=(0,))
+
+    def compile_step(self, example_batch: dict[str, np.ndarray]):
+        self._train_step = self._jit_step(example_batch)
         return self._train_step
+
+    def lower_step(self, global_batch: Mapping[str, jax.ShapeDtypeStruct]):
+        """The step the loop runs, lowered for ``global_batch`` (global shapes; e.g. the task's
+        ``batch_spec``) on this trainer's mesh without running it: ``.compile()`` gives the
+        executable's ``memory_analysis()`` / ``cost_analysis()``."""
+        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in global_batch.items()}
+        return self._jit_step(batch).lower(self.abstract_state(), batch)
 
     def train_step(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """One step on this process's rows of the global batch; returns the metrics."""
@@ -420,7 +461,7 @@ class Trainer:
                         disable=not (progress and is_main))
         t0 = time.time()
         try:
-            with _SigtermFlag() as sigterm, bar:
+            with _PreemptionNotice() as preemption, bar:
                 for step in range(start, cfg.steps):
                     batch = next(data)
                     skips.add(batch)
@@ -446,7 +487,7 @@ class Trainer:
                     last.update(self._run_hooks(done, evaluate=due(cfg.eval_every),
                                                 images=due(cfg.get("image_every", 0)),
                                                 finish=final, writer=writer))
-                    if sigterm.any_process():
+                    if preemption.reached(done, synced=logged):
                         if not saved:  # this step is not on the checkpoint interval
                             self._stop_on_nonfinite(streak, done, ckpt)
                             ckpt.save(done, self.state, self.config, force=True)
