@@ -64,3 +64,13 @@ def save_json(result: dict, path: str) -> None:
     so a reader never sees a half-written file, and say where."""
     write_json(path, result)
     print(f"wrote {path}")
+
+
+def ensure_synthtalk(data_dir: str, config: str = "res64_tiny") -> None:
+    """Build SynthTalk ``config`` into ``data_dir`` unless it is there."""
+    from data_pipeline.synthtalk.synthtalk_dataset_builder import Synthtalk
+
+    builder = Synthtalk(config=config, data_dir=data_dir, workers=1)
+    if not os.path.isdir(builder.data_dir):
+        print(f"building SynthTalk {config} in {data_dir} ...", flush=True)
+        builder.download_and_prepare()

@@ -13,7 +13,7 @@ and EMA initialised by one jitted function), to lower and to compile the train s
 optimised HLO's instruction count, and the median step time of 3 calls after one warm-up.
 
 ``default`` leaves ``XLA_FLAGS`` without a level (what XLA does unless told otherwise). CPU-only
-runs of this project use level 1 (``vasa_jax/xla_cpu.py``): these figures are why.
+runs of this project use level 2 (``vasa_jax/xla_cpu.py``): these figures are why.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from bench_common import bench_parser, cpu_model, save_json
+from bench_common import bench_parser, cpu_model, ensure_synthtalk, save_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -73,15 +73,6 @@ def measure(stage: str, data_dir: str) -> dict:
             "step_s_median": round(statistics.median(times), 3)}
 
 
-def ensure_data(data_dir: str) -> None:
-    from data_pipeline.synthtalk.synthtalk_dataset_builder import Synthtalk
-
-    builder = Synthtalk(config="res64_tiny", data_dir=data_dir, workers=1)
-    if not os.path.isdir(builder.data_dir):
-        print(f"building SynthTalk res64_tiny in {data_dir} ...", flush=True)
-        builder.download_and_prepare()
-
-
 def main() -> None:
     ap = bench_parser(__doc__, "compile.json")
     ap.add_argument("--data-dir", default=os.path.join("runs", "bench_compile", "tfds"))
@@ -93,7 +84,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(*args.child)), flush=True)
         return
     data_dir = os.path.abspath(args.data_dir)
-    ensure_data(data_dir)
+    ensure_synthtalk(data_dir)
     pin = ["taskset", "-c", "0"] if sys.platform == "linux" and _has("taskset") else []
     rows = []
     for stage in args.stages.split(","):

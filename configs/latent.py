@@ -63,6 +63,7 @@ def base() -> ml_collections.ConfigDict:
     m.disc_channels = (32, 64, 128)
     m.disc_scales = 2
     m.dtype = "float32"
+    m.remat = False  # recompute each residual block in the backward pass (vasa_jax.nn.remat)
     # Not in the papers (vasa_jax.latent.guidance): "oracle" drives the decoder with the
     # ground-truth motion (the ladder's first rung); expression_readout > 0 adds the hidden
     # width of the head that reads the guided expression channels off z_dyn.

@@ -48,6 +48,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.context = 10  # K
     c.model.num_emotions = 4
     c.model.dtype = "float32"
+    c.model.remat = False  # recompute each transformer block in the backward pass
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"

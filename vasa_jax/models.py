@@ -58,7 +58,17 @@ def ema_groups(task: str) -> tuple[str, ...]:
 
 def build_model(config, rngs: nnx.Rngs | None = None) -> nnx.Module:
     """The freshly initialised network of ``config.task`` (random weights from ``rngs``,
-    default ``nnx.Rngs(config.seed)``). Wrap in ``nnx.eval_shape`` to allocate nothing."""
+    default ``nnx.Rngs(config.seed)``), its blocks rematerialised when ``model.remat``
+    (``vasa_jax.nn.remat``). Wrap in ``nnx.eval_shape`` to allocate nothing."""
+    model = _build(config, rngs)
+    if config.model.get("remat", False):
+        from vasa_jax.nn.remat import enable_remat
+
+        enable_remat(model)
+    return model
+
+
+def _build(config, rngs: nnx.Rngs | None) -> nnx.Module:
     task = config.task
     _check_task(task)
     rngs = nnx.Rngs(config.get("seed", 0)) if rngs is None else rngs

@@ -281,6 +281,27 @@ class TalkingFacePipeline:
         return (int(c.steps), c.sampler, float(c.eta), c.scales(), int(self.decode_batch),
                 bool(float_frames))
 
+    def lower_window(self, controls: Controls | None = None, *, sharding=None):
+        """One window of generation (the offline scan's body, as streaming runs it: W frames of
+        motion sampled with every denoising step and CFG, then decoded) lowered for abstract
+        inputs without running it; ``.compile()`` gives its memory and cost analyses
+        (``vasa_jax.plan``: compiled for a TPU chip from models built with ``nnx.eval_shape``).
+        ``sharding``: where every input lives (default: the default device)."""
+        c = controls or self.defaults
+        motion_model = nnx.merge(self._graphdefs[0], self._states[0])
+        r, w = self.resolution, self.window
+        carry = jax.eval_shape(lambda: init_carry(motion_model, 1))
+        v_app, z_id = jax.eval_shape(
+            lambda state: nnx.merge(self._graphdefs[1], state).encode_appearance(
+                jnp.zeros((1, r, r, 3), jnp.float32)), self._states[1])
+        inputs = (self._states, carry, jax.ShapeDtypeStruct((1, w, motion_model.audio_dim),
+                                                            jnp.float32),
+                  jax.ShapeDtypeStruct((w,), jnp.bool_), v_app, z_id, c.conditions(),
+                  jax.eval_shape(lambda: jax.random.PRNGKey(0)), self.schedule)
+        inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                             sharding=sharding), inputs)
+        return _stream_program.lower(self._graphdefs, *inputs, opts=self._opts(c, False))
+
     # -- generation ----------------------------------------------------------------------------
     def generate(self, source: Source, audio: np.ndarray, controls: Controls | None = None, *,
                  progress: Callable[[int, int], None] | None = None,

@@ -9,6 +9,7 @@
   vasa-jax train motion --workdir DIR            train stage 2 (MotionDiT) on one host
   vasa-jax train probe --workdir DIR             train the SynthTalk probe (a measuring CNN)
   vasa-jax train syncnet|capp --workdir DIR      train the lip-sync / audio-pose instruments
+  vasa-jax plan --config configs/latent.py:paper --topology v5p-64   fit and speed on a TPU slice
   vasa-jax ship --workdir DIR --name NAME        a trained probe -> shipped weights (package:NAME)
   vasa-jax eval latent --workdir DIR             self/cross-reenactment report for stage 1
   vasa-jax eval ladder --rung NAME=DIR ...       stage 1's diagnostic ladder as one table
@@ -32,12 +33,12 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only a TFDS/clu dependency
 
 # Each command group registers its own subcommands; handlers parse and call the library.
-from vasa_jax.cli import convert, data, generate, quickstart, ship, train  # noqa: E402
+from vasa_jax.cli import convert, data, generate, plan, quickstart, ship, train  # noqa: E402
 from vasa_jax.cli import eval as evaluate  # noqa: E402
 from vasa_jax.cli.common import UserError  # noqa: E402
 from vasa_jax.xla_cpu import prefer_fast_cpu_compiles  # noqa: E402
 
-GROUPS = (quickstart, ship, train, evaluate, generate, convert, data)  # the order of --help
+GROUPS = (quickstart, ship, train, plan, evaluate, generate, convert, data)  # the order of --help
 
 
 def parser() -> argparse.ArgumentParser:

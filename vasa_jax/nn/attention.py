@@ -67,10 +67,16 @@ class AdaLNBlock(nnx.Module):
         self.mlp = Mlp(width, int(width * mlp_ratio), rngs=rngs, dtype=dtype)
         self.table = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(),
                                                      (None, "embed"))(rngs.params(), (6, width)))
+        self.remat = False  # ``vasa_jax.nn.remat.enable_remat``
 
     def __call__(self, x: jax.Array, mod: jax.Array, key_mask: jax.Array | None = None
                  ) -> jax.Array:
         """x (B, N, d), mod (B, 6, d) -> (B, N, d)."""
+        if self.remat:
+            return nnx.remat(AdaLNBlock._forward)(self, x, mod, key_mask)
+        return self._forward(x, mod, key_mask)
+
+    def _forward(self, x, mod, key_mask):
         m = mod + self.table[...].astype(mod.dtype)
         s1, sc1, g1, s2, sc2, g2 = (m[:, i] for i in range(6))
         x = x + g1[:, None, :] * self.attn(modulate(self.norm1(x), s1, sc1), key_mask)

@@ -175,11 +175,17 @@ class ResBlock(nnx.Module):
         # The residual branch starts small so a deep stack begins close to the identity.
         self.gain = nnx.Param(jnp.full((out_ch,), 0.2, jnp.float32), out_sharding=("conv_out",))
         self.conditioned = bool(cond_dim)
+        self.remat = False  # ``vasa_jax.nn.remat.enable_remat``
 
     def _norm(self, norm, x, cond):
         return norm(x, cond) if self.conditioned else norm(x)
 
     def __call__(self, x: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+        if self.remat:
+            return nnx.remat(ResBlock._forward)(self, x, cond)
+        return self._forward(x, cond)
+
+    def _forward(self, x, cond):
         h = self.conv1(jax.nn.silu(self._norm(self.norm1, x, cond)))
         h = self.conv2(jax.nn.silu(self._norm(self.norm2, h, cond)))
         skip = x if self.skip is None else self.skip(x)

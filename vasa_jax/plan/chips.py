@@ -80,8 +80,11 @@ def topology_devices(name: str) -> tuple[Chip, list]:
     except ImportError:
         raise PlanError("Compiling for TPU needs the TPU compiler: pip install -e '.[tpu]' "
                         "(libtpu; no TPU is needed).") from None
-    # No metadata server to ask on a machine that is not a TPU VM: say what the slice is.
+    # No metadata server to ask on a machine that is not a TPU VM; and only compiling, so
+    # several plans may load libtpu at once (it otherwise holds a lock file per machine). On
+    # a machine without TPUs libtpu logs that it cannot find the TPU hosts: expected here.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")

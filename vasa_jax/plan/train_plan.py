@@ -38,6 +38,7 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     module ``hlo_text`` (result shapes; async ``-start`` ops counted once). A loop body's
     collectives count once."""
     out: dict[str, int] = {}
+    hlo_text = re.sub(r"/\*.*?\*/", "", hlo_text)  # long tuples carry /*index=5*/ comments
     for m in _COLLECTIVE.finditer(hlo_text):
         kind = m.group(2)
         shapes = _SHAPE.findall(m.group(1))
@@ -134,7 +135,7 @@ def plan_config(config, slice_name: str, *, batch: int | None = None,
         code_bytes=mem.generated_code_size_in_bytes, peak_bytes=peak,
         hbm_capacity_bytes=capacity, fits=capacity is None or peak <= capacity,
         flops_per_device=flops, bytes_accessed_per_device=float(cost.get("bytes accessed", 0)),
-        xla_optimal_seconds=float(cost.get("optimal_seconds", 0.0)) or None,
+        xla_optimal_seconds=max(float(cost.get("optimal_seconds", 0.0)), 0.0) or None,
         collective_bytes_per_device=collective_bytes(compiled.as_text()))
     if chip:
         step = flops / (chip.peak_bf16_flops * mfu)
@@ -169,11 +170,14 @@ def advice(report: dict[str, Any]) -> str:
 
 
 def largest_batch(config, slice_name: str, *, mesh: Sequence[int] | None = None,
-                  mfu: float = DEFAULT_MFU, limit: int = 1 << 16) -> dict[str, Any]:
-    """The plan at the largest global batch that fits (a multiple of the batch shards): the
-    temporaries are fitted as a line in the batch from two compiles, the predicted maximum is
-    compiled, and stepped down until it fits. ``searched`` lists every compile's batch and
-    whether it fit."""
+                  mfu: float = DEFAULT_MFU, limit: int = 1 << 16, refine: int = 4
+                  ) -> dict[str, Any]:
+    """The plan at the largest global batch up to ``limit`` that fits (a multiple of the batch
+    shards). The temporaries grow about linearly with the batch: a line through the compiles
+    at 1 and 2 examples per device predicts the largest batch; a prediction that overflows
+    re-fits the line through XLA's reported need and tries again (at most ``refine`` more
+    compiles).
+    ``searched`` lists every compile's batch, whether it fit and its temporaries."""
     from vasa_jax.parallel import resolve_mesh_shape
 
     chip, devices = topology_devices(slice_name)
@@ -188,29 +192,40 @@ def largest_batch(config, slice_name: str, *, mesh: Sequence[int] | None = None,
                          "temp_bytes": r.get("temp_bytes")})
         return r
 
-    one = at(1)
-    if not one["fits"]:
-        one["searched"] = searched
-        one["limited_by"] = "does not fit at one example per device"
-        return one
-    two = at(2)
-    if not two["fits"]:
-        one.update(searched=searched, limited_by="HBM at 2 examples per device")
-        return one
-    per_example = max(two["temp_bytes"] - one["temp_bytes"], 1)
-    fixed = one["peak_bytes"] - per_example
-    guess = int((chip.hbm_bytes * 0.97 - fixed) // per_example)
-    guess = max(2, min(guess, limit // shards))
-    best = two
-    for _ in range(4):
+    def done(r, limited_by):
+        r.update(searched=searched, limited_by=limited_by)
+        return r
+
+    best = at(1)
+    if not best["fits"]:
+        return done(best, "HBM: does not fit at one example per device")
+    top = max(1, limit // shards)
+    if top == 1:
+        return done(best, "the batch limit")
+    r = at(2)
+    if not r["fits"]:
+        return done(best, f"HBM ({chip.hbm_bytes / GiB:.0f} GiB per chip) at 2 per device")
+    best, lo = r, r
+    usable = 0.97 * chip.hbm_bytes
+    hi = None  # the smallest per-device batch known not to fit
+    for _ in range(refine):
+        per_example = max((lo["temp_bytes"] - searched[0]["temp_bytes"])
+                          / max(lo["per_device_batch"] - 1, 1), 1.0)
+        guess = int(lo["per_device_batch"] + (usable - lo["peak_bytes"]) // per_example)
+        guess = min(guess, top, (hi or top + 1) - 1)
         if guess <= best["per_device_batch"]:
             break
         r = at(guess)
         if r["fits"]:
-            best = r
-            break
-        guess = int(guess * 0.85)
-    best["searched"] = searched
-    best["limited_by"] = ("batch limit" if best["per_device_batch"] * shards >= limit else
-                          f"HBM ({chip.hbm_bytes / GiB:.0f} GiB per chip)")
-    return best
+            best = lo = r
+            if guess == top:
+                break
+        else:
+            hi = guess
+            # the overflow's reported need re-fits the line's slope
+            slope = (r["temp_bytes"] - searched[0]["temp_bytes"]) / max(guess - 1, 1)
+            lo = dict(best, temp_bytes=searched[0]["temp_bytes"] + slope * (
+                best["per_device_batch"] - 1))
+    limited = ("the batch limit" if best["per_device_batch"] >= top else
+               f"HBM ({chip.hbm_bytes / GiB:.0f} GiB per chip)")
+    return done(best, limited)

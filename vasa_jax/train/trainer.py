@@ -92,7 +92,8 @@ RESUME_FREE_FIELDS = ("variant", "mesh_shape", "num_devices", "axis_rules", "tra
                       "train.eval_every", "train.image_every", "train.checkpoint_every",
                       "train.keep_checkpoints", "train.async_checkpoints", "train.profile_steps",
                       "train.profile_first_step", "train.max_nonfinite_steps",
-                      "data.max_skipped_fraction", "data.skip_check_after", "eval.", "sample.")
+                      "data.max_skipped_fraction", "data.skip_check_after", "model.remat", "eval.",
+                      "sample.")
 
 
 def _resume_free(field: str) -> bool:
