@@ -35,6 +35,7 @@ KEEP = ("config", "slice", "chip", "devices", "mesh", "global_batch", "per_devic
         "peak_bytes", "hbm_capacity_bytes", "hbm_available_bytes", "flops_per_device",
         "collective_bytes_per_device", "xla_optimal_seconds", "mfu_assumed",
         "projected_step_seconds", "projected_examples_per_second", "limited_by", "searched",
+        "smallest_overflow_global_batch", "replicated_instead",
         "advice", "xla_error")
 
 
@@ -49,7 +50,7 @@ def _save(path, results):
     """Merge ``results`` into the file (several sweeps may write it at once: a lock file)."""
     import fcntl
 
-    from vasa_jax.atomic import atomic_path
+    from vasa_jax.atomic import write_json
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".lock", "w") as lock:
@@ -57,12 +58,24 @@ def _save(path, results):
         merged = _load(path)
         for part in ("train", "sampler"):
             merged.setdefault(part, {}).update(results.get(part, {}))
+        for row in merged["train"].values():
+            _relabel(row)
         merged["note"] = results.get("note", merged.get("note"))
         merged["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
-        with atomic_path(path) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(merged, f, indent=1, default=str)
+        write_json(path, merged, indent=1, default=str)
+
+
+def _relabel(row) -> None:
+    """``limited_by`` from the row's searched compiles (rows of earlier code included)."""
+    from vasa_jax.plan.train_plan import limit_label
+
+    if row.get("fits") and row.get("searched"):
+        avail = row.get("hbm_available_bytes") or 0.94 * row["hbm_capacity_bytes"]
+        row["limited_by"] = limit_label(row["searched"], row["per_device_batch"],
+                                        (1 << 16) // max(1, round(row["global_batch"]
+                                                                  / row["per_device_batch"])),
+                                        avail)
 
 
 def sweep(args) -> None:
@@ -74,8 +87,8 @@ def sweep(args) -> None:
     results["note"] = ("Compiled on a CPU machine for TPU topologies with libtpu; memory and "
                        "FLOPs are XLA's analyses of the real executables; projected speeds "
                        "assume MFU 35 % (not measured).")
-    rows = [(stage, sl, mesh, False) for stage in args.stages.split(",")
-            for sl in args.slices.split(",") for mesh in args.meshes.split(",")]
+    rows = [(stage, sl, mesh, False) for stage in filter(None, args.stages.split(","))
+            for sl in filter(None, args.slices.split(",")) for mesh in args.meshes.split(",")]
     for item in filter(None, args.remat.split(",")):
         stage, sl = item.split(":")
         rows += [(stage, sl, mesh, True) for mesh in args.meshes.split(",")]
@@ -110,8 +123,11 @@ def sweep(args) -> None:
 def table(path: str) -> str:
     """Markdown rows of the sweep: one per (stage, slice, mesh)."""
     res = _load(path)
+    for r in res["train"].values():
+        _relabel(r)
     g = 1024 ** 3
-    lines = ["| stage | slice | mesh | remat | largest global batch | HBM peak / chip | "
+    lines = ["| stage | slice | mesh | remat | largest global batch (per batch shard) | "
+             "HBM peak / chip | "
              "TFLOP / chip / step | projected step | projected examples/s | limited by |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in res["train"].items():
@@ -128,7 +144,7 @@ def table(path: str) -> str:
             continue
         lines.append(
             f"| {stage} | {sl} | {mesh} | {'yes' if r['remat'] else 'no'} | "
-            f"{r['global_batch']} ({r['per_device_batch']:g}/chip) | "
+            f"{r['global_batch']} ({r['per_device_batch']:g}) | "
             f"{r['peak_bytes'] / g:.1f} / {r['hbm_capacity_bytes'] / g:.0f} GiB | "
             f"{r['flops_per_device'] / 1e12:.2f} | {r['projected_step_seconds'] * 1e3:.0f} ms | "
             f"{r['projected_examples_per_second']:,.0f} | {r['limited_by']} |")
@@ -153,7 +169,7 @@ def main() -> None:
     ap.add_argument("--meshes", default="data,fsdp,fsdp_tensor")
     ap.add_argument("--remat", default="latent:v5e-16")
     ap.add_argument("--sampler", default="v5e-1,v5p-8")
-    ap.add_argument("--refine", type=int, default=2,
+    ap.add_argument("--refine", type=int, default=3,
                     help="compiles after the two that fit the line (largest_batch)")
     ap.add_argument("--table", action="store_true", help="print the README table and exit")
     args = ap.parse_args()

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -118,29 +119,51 @@ def logical_to_mesh(names: Sequence[str | None] | None, rules: Rules) -> P:
     return P(*out)
 
 
-def _spec_for(var: nnx.Variable, shape: Sequence[int], mesh: Mesh, rules: Rules, path: str) -> P:
+def _spec_for(var: nnx.Variable, shape: Sequence[int], mesh: Mesh, rules: Rules
+              ) -> tuple[P, bool]:
+    """(spec, whether a rule was dropped): a dimension the rule's mesh axes do not divide
+    (e.g. a 64-wide bias on a 256-way FSDP mesh) is replicated instead."""
     spec = logical_to_mesh(var.get_metadata().get("out_sharding"), rules)
+    out, dropped = [], False
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        if axes is None:
-            continue
-        size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-        if dim % size:
-            raise ValueError(f"Parameter {path} of shape {tuple(shape)} cannot be sharded as "
-                             f"{spec} on mesh {dict(mesh.shape)}: {dim} is not divisible by "
-                             f"{size}. Change the model width or the mesh/rules.")
-    return spec
+        if axes is not None:
+            size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if dim % size:
+                axes, dropped = None, True
+        out.append(axes)
+    return P(*out), dropped
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
-    """NamedShardings for every variable of an (abstract) ``nnx.State``, same structure."""
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules,
+                    replicated_instead: list | None = None) -> Any:
+    """NamedShardings for every variable of an (abstract) ``nnx.State``, same structure.
+
+    A dimension whose rule's mesh axes do not divide it is replicated; those variables are
+    logged once (how many, how many bytes, the largest) and appended to ``replicated_instead``
+    as (path, shape, bytes) when it is given: a big one there costs memory on every chip."""
+    fallbacks = []
+
     def one(path, var):
         if not isinstance(var, nnx.Variable):
             return NamedSharding(mesh, P())
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        return var.replace(NamedSharding(mesh, _spec_for(var, var.shape, mesh, rules, name)))
+        spec, dropped = _spec_for(var, var.shape, mesh, rules)
+        if dropped:
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            fallbacks.append((name, tuple(var.shape),
+                              int(math.prod(var.shape) * np.dtype(var.dtype).itemsize)))
+        return var.replace(NamedSharding(mesh, spec))
 
-    return jax.tree_util.tree_map_with_path(
+    out = jax.tree_util.tree_map_with_path(
         one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    if fallbacks:
+        fallbacks.sort(key=lambda f: -f[2])
+        logging.info("%d state arrays (%.1f MB) keep a replicated dimension on mesh %s because "
+                     "its size does not divide over the rule's mesh axes; largest: %s",
+                     len(fallbacks), sum(f[2] for f in fallbacks) / 1e6, dict(mesh.shape),
+                     ", ".join(f"{n} {s}" for n, s, _ in fallbacks[:3]))
+        if replicated_instead is not None:
+            replicated_instead.extend(fallbacks)
+    return out
 
 
 def spec_table(shardings: Any) -> dict[str, str]:

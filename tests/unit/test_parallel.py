@@ -30,3 +30,23 @@ def test_create_mesh_axes():
 
 def test_batch_size_per_process():
     assert parallel.batch_size_per_process(32) == 32 // jax.process_count()
+
+
+def test_a_dimension_the_mesh_does_not_divide_is_replicated_and_reported():
+    """On a 4-way FSDP mesh a (8, 6) kernel shards its 8 rows; a 6-wide bias cannot be split 4
+    ways, so it stays whole on every device and is reported."""
+    from flax import nnx
+    from jax.sharding import PartitionSpec as P
+
+    class Layer(nnx.Module):
+        def __init__(self):
+            self.kernel = nnx.Param(jax.numpy.zeros((8, 6)), out_sharding=("embed", None))
+            self.bias = nnx.Param(jax.numpy.zeros((6,)), out_sharding=("embed",))
+
+    mesh = parallel.create_mesh((1, 4, 1), num_devices=4)
+    state = nnx.state(nnx.eval_shape(Layer))
+    fallbacks = []
+    sh = parallel.state_shardings(state, mesh, parallel.DEFAULT_RULES, fallbacks)
+    assert sh["kernel"].value.spec == P("fsdp", None)
+    assert sh["bias"].value.spec == P(None)
+    assert fallbacks == [("bias", (6,), 24)]

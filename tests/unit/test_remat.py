@@ -12,7 +12,7 @@ from vasa_jax.train.run import load_config
 
 
 def _grads(config, batch_fn):
-    model = models.build_model(config)
+    model = nnx.jit(lambda: models.build_model(config))()  # eager init compiles op by op
     graphdef, state = nnx.split(model)
 
     @jax.jit

@@ -3,8 +3,6 @@ train step (or the generation sampler) for the slice on this machine (``vasa_jax
 
 from __future__ import annotations
 
-import json
-import os
 import re
 
 from vasa_jax.cli.common import UserError, user_errors
@@ -94,10 +92,9 @@ def plan(args) -> dict:
             text = format_train_plan(r)
     print(text)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1, default=str)
-        print(f"Wrote {args.json}")
+        from vasa_jax.atomic import write_json
+
+        print(f"Wrote {write_json(args.json, r, indent=1, default=str)}")
     return r
 
 

@@ -107,7 +107,12 @@ def plan_config(config, slice_name: str, *, batch: int | None = None,
         "chip": chip.generation if chip else None, "devices": len(devices),
         "mesh": mesh_shape, "global_batch": b, "per_device_batch": b / shards,
         "dtype": str(config.model.get("dtype", "float32")), "params": trainer.num_params(),
-        "state_bytes_total": state_bytes, "largest_state_arrays": _leaf_table(trainer.state)}
+        "state_bytes_total": state_bytes, "largest_state_arrays": _leaf_table(trainer.state),
+        "replicated_instead": {  # rules the mesh could not apply (a dimension not divisible)
+            "arrays": len(trainer.replicated_instead),
+            "bytes": sum(b for _, _, b in trainer.replicated_instead),
+            "largest": [{"name": n, "shape": list(sh), "bytes": b}
+                        for n, sh, b in trainer.replicated_instead[:3]]}}
     t0 = time.time()
     try:
         compiled = trainer.lower_step(task.batch_spec(b)).compile()
@@ -162,70 +167,80 @@ def advice(report: dict[str, Any]) -> str:
     if cap and state_dev > 0.5 * cap:
         lines.append("the state dominates: shard it over more devices with FSDP, e.g. "
                      f"--mesh 1,{report['devices']},1")
-    else:
+    elif report["per_device_batch"] > 1:
         lines.append(f"activations dominate at {report['per_device_batch']:g} examples per "
                      f"device: lower the global batch (see the largest batch that fits with "
-                     f"--batch max)")
+                     f"--batch max), or recompute blocks in the backward pass "
+                     f"(--set model.remat=True)")
+    else:
+        lines.append("activations dominate at one example per device: recompute blocks in the "
+                     "backward pass (--set model.remat=True) or split activations over chips "
+                     "with tensor parallelism (e.g. --mesh 1,-1,4)")
     return "; ".join(lines)
 
 
+def limit_label(searched: list[dict[str, Any]], best_per_device: float, top: int,
+                available: float) -> str:
+    """What stopped ``largest_batch``: the batch limit, the HBM (an overflow was seen, or the
+    best batch's temporaries are within 10 % of the ``available`` bytes), or the search."""
+    if best_per_device >= top:
+        return "the batch limit"
+    best = max((x for x in searched if x["fits"]), key=lambda x: x["per_device"])
+    if any(not x["fits"] for x in searched) or best["temp_bytes"] >= 0.9 * available:
+        return f"HBM ({available / GiB:.2f} GiB available per chip)"
+    return "the search (more compiles would find a larger batch)"
+
+
 def largest_batch(config, slice_name: str, *, mesh: Sequence[int] | None = None,
-                  mfu: float = DEFAULT_MFU, limit: int = 1 << 16, refine: int = 4
+                  mfu: float = DEFAULT_MFU, limit: int = 1 << 16, refine: int = 3
                   ) -> dict[str, Any]:
     """The plan at the largest global batch up to ``limit`` that fits (a multiple of the batch
-    shards). The temporaries grow about linearly with the batch: a line through the compiles
-    at 1 and 2 examples per device predicts the largest batch; a prediction that overflows
-    re-fits the line through XLA's reported need and tries again (at most ``refine`` more
-    compiles).
-    ``searched`` lists every compile's batch, whether it fit and its temporaries."""
+    shards). The temporaries grow about linearly with the batch: compile at 1 example per
+    device, then at a far probe (64 per device, or the limit); every compile, fitting or
+    overflowing (XLA reports the overflow's need), gives a point, and the line through the
+    first and the farthest point predicts the largest batch whose temporaries fit in the HBM
+    XLA says is available; up to ``refine`` predictions are compiled. ``searched`` lists every
+    compile's batch, whether it fit and its temporaries."""
     from vasa_jax.parallel import resolve_mesh_shape
 
     chip, devices = topology_devices(slice_name)
     d, f, _ = resolve_mesh_shape(tuple(mesh) if mesh else (-1, 1, 1), len(devices))
     shards = d * f
-    searched = []
+    top = max(1, limit // shards)
+    searched: list[dict[str, Any]] = []
+    available = [0.94 * chip.hbm_bytes]  # until an overflow tells XLA's own figure
 
     def at(per_device: int) -> dict[str, Any]:
         r = plan_config(config, slice_name, batch=per_device * shards, mesh=mesh, mfu=mfu,
                         devices=devices, chip=chip)
-        searched.append({"global_batch": per_device * shards, "fits": r["fits"],
-                         "temp_bytes": r.get("temp_bytes")})
+        searched.append({"per_device": per_device, "global_batch": per_device * shards,
+                         "fits": r["fits"], "temp_bytes": r.get("temp_bytes")})
+        if r.get("hbm_available_bytes"):
+            available[0] = r["hbm_available_bytes"]
         return r
 
     def done(r, limited_by):
         r.update(searched=searched, limited_by=limited_by)
+        if hi <= top:
+            r["smallest_overflow_global_batch"] = hi * shards
         return r
 
+    hi = top + 1  # the smallest per-device batch known not to fit
     best = at(1)
     if not best["fits"]:
         return done(best, "HBM: does not fit at one example per device")
-    top = max(1, limit // shards)
-    if top == 1:
-        return done(best, "the batch limit")
-    r = at(2)
-    if not r["fits"]:
-        return done(best, f"HBM ({chip.hbm_bytes / GiB:.0f} GiB per chip) at 2 per device")
-    best, lo = r, r
-    usable = 0.97 * chip.hbm_bytes
-    hi = None  # the smallest per-device batch known not to fit
-    for _ in range(refine):
-        per_example = max((lo["temp_bytes"] - searched[0]["temp_bytes"])
-                          / max(lo["per_device_batch"] - 1, 1), 1.0)
-        guess = int(lo["per_device_batch"] + (usable - lo["peak_bytes"]) // per_example)
-        guess = min(guess, top, (hi or top + 1) - 1)
-        if guess <= best["per_device_batch"]:
+    guess = min(64, top)
+    for _ in range(refine + 1):
+        if guess <= best["per_device_batch"] or guess >= hi:
             break
         r = at(guess)
         if r["fits"]:
-            best = lo = r
-            if guess == top:
-                break
+            best = r
         else:
             hi = guess
-            # the overflow's reported need re-fits the line's slope
-            slope = (r["temp_bytes"] - searched[0]["temp_bytes"]) / max(guess - 1, 1)
-            lo = dict(best, temp_bytes=searched[0]["temp_bytes"] + slope * (
-                best["per_device_batch"] - 1))
-    limited = ("the batch limit" if best["per_device_batch"] >= top else
-               f"HBM ({chip.hbm_bytes / GiB:.0f} GiB per chip)")
+        far = max(searched[1:], key=lambda x: x["per_device"])
+        t1 = searched[0]["temp_bytes"]
+        slope = max((far["temp_bytes"] - t1) / max(far["per_device"] - 1, 1), 1.0)
+        guess = min(1 + int((0.98 * available[0] - t1) // slope), top, hi - 1)
+    limited = limit_label(searched, best["per_device_batch"], top, available[0])
     return done(best, limited)

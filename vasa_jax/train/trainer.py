@@ -248,7 +248,9 @@ class Trainer:
     def _build_state(self, materialize: bool = True) -> None:
         self.graphdef = self._split(nnx.eval_shape(self._make_model))[0]
         abstract = jax.eval_shape(self._fresh_state)
-        self.state_shardings = parallel.state_shardings(abstract, self.mesh, self.rules)
+        self.replicated_instead: list = []  # (path, shape, bytes) the mesh could not split
+        self.state_shardings = parallel.state_shardings(abstract, self.mesh, self.rules,
+                                                        self.replicated_instead)
         if materialize:
             self.state = jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
         else:
