@@ -74,7 +74,7 @@ def plan(args) -> dict:
 
             r = plan_sampler(args.topology, latent_variant=args.latent_variant,
                              motion_variant=args.motion_variant, steps=args.steps,
-                             mfu=args.mfu)
+                             decode_batch=args.decode_batch)
             text = format_sample_plan(r)
         else:
             from vasa_jax.plan.train_plan import largest_batch, plan_config
@@ -121,5 +121,7 @@ def add_parser(sub) -> None:
     p.add_argument("--motion-variant", default="paper", help="with --sampler: stage 2's variant")
     p.add_argument("--steps", type=int, default=0,
                    help="with --sampler: denoising steps (default: the motion config's)")
+    p.add_argument("--decode-batch", type=int, default=0,
+                   help="with --sampler: frames decoded at once (0: the whole window)")
     p.add_argument("--json", default=None, help="also write the report here")
     p.set_defaults(func=plan)

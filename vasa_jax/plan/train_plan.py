@@ -50,6 +50,15 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     return out
 
 
+def overflow(error: BaseException) -> tuple[float, float] | None:
+    """(temporaries needed, HBM available) in bytes from XLA's compile-time HBM overflow
+    error, or None for any other error."""
+    m = _OOM.search(str(error))
+    if "RESOURCE_EXHAUSTED" not in str(error) or not m:
+        return None
+    return float(m.group(1)) * _UNITS[m.group(2)], float(m.group(3)) * _UNITS[m.group(4)]
+
+
 def _leaf_table(abstract_state: Any, n: int = 5) -> list[dict[str, Any]]:
     """The ``n`` largest per-device arrays of a sharded abstract state."""
     rows = []
@@ -117,13 +126,11 @@ def plan_config(config, slice_name: str, *, batch: int | None = None,
     try:
         compiled = trainer.lower_step(task.batch_spec(b)).compile()
     except Exception as e:  # noqa: BLE001 - XLA raises JaxRuntimeError for an HBM overflow
-        m = _OOM.search(str(e))
-        if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+        need = overflow(e)
+        if need is None:
             raise
-        report.update(fits=False, compile_seconds=time.time() - t0,
-                      temp_bytes=float(m.group(1)) * _UNITS[m.group(2)],
-                      hbm_available_bytes=float(m.group(3)) * _UNITS[m.group(4)],
-                      xla_error=str(e).splitlines()[0][:300])
+        report.update(fits=False, compile_seconds=time.time() - t0, temp_bytes=need[0],
+                      hbm_available_bytes=need[1], xla_error=str(e).splitlines()[0][:300])
         report["advice"] = advice(report)
         return report
     report["compile_seconds"] = time.time() - t0
