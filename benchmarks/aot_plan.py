@@ -58,24 +58,10 @@ def _save(path, results):
         merged = _load(path)
         for part in ("train", "sampler"):
             merged.setdefault(part, {}).update(results.get(part, {}))
-        for row in merged["train"].values():
-            _relabel(row)
         merged["note"] = results.get("note", merged.get("note"))
         merged["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         write_json(path, merged, indent=1, default=str)
-
-
-def _relabel(row) -> None:
-    """``limited_by`` from the row's searched compiles (rows of earlier code included)."""
-    from vasa_jax.plan.train_plan import limit_label
-
-    if row.get("fits") and row.get("searched"):
-        avail = row.get("hbm_available_bytes") or 0.94 * row["hbm_capacity_bytes"]
-        row["limited_by"] = limit_label(row["searched"], row["per_device_batch"],
-                                        (1 << 16) // max(1, round(row["global_batch"]
-                                                                  / row["per_device_batch"])),
-                                        avail)
 
 
 def sweep(args) -> None:
@@ -117,14 +103,13 @@ def sweep(args) -> None:
         except Exception as e:  # noqa: BLE001
             results["sampler"][key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         _save(args.out, results)
-        print(key, results["sampler"][key].get("projected_fps"), flush=True)
+        print(key, {k: results["sampler"][key].get(k) for k in ("fits", "peak_bytes", "error")},
+              flush=True)
 
 
 def table(path: str) -> str:
     """Markdown rows of the sweep: one per (stage, slice, mesh)."""
     res = _load(path)
-    for r in res["train"].values():
-        _relabel(r)
     g = 1024 ** 3
     lines = ["| stage | slice | mesh | remat | largest global batch (per batch shard) | "
              "HBM peak / chip | "

@@ -119,6 +119,14 @@ def logical_to_mesh(names: Sequence[str | None] | None, rules: Rules) -> P:
     return P(*out)
 
 
+def path_name(path: Sequence[Any]) -> str:
+    """``params/model/blocks/0/kernel`` for a pytree key path (dict keys, sequence indices and
+    attribute names; an nnx Variable's own ``.value`` step left out)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                    for k in path
+                    if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value"))
+
+
 def _spec_for(var: nnx.Variable, shape: Sequence[int], mesh: Mesh, rules: Rules
               ) -> tuple[P, bool]:
     """(spec, whether a rule was dropped): a dimension the rule's mesh axes do not divide
@@ -148,8 +156,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules,
             return NamedSharding(mesh, P())
         spec, dropped = _spec_for(var, var.shape, mesh, rules)
         if dropped:
-            name = "/".join(str(getattr(k, "key", k)) for k in path)
-            fallbacks.append((name, tuple(var.shape),
+            fallbacks.append((path_name(path), tuple(var.shape),
                               int(math.prod(var.shape) * np.dtype(var.dtype).itemsize)))
         return var.replace(NamedSharding(mesh, spec))
 
@@ -169,8 +176,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules,
 def spec_table(shardings: Any) -> dict[str, str]:
     """{"path/to/param": "PartitionSpec(...)"} for a tree of NamedShardings (stable strings)."""
     flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
-    keys = lambda path: [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]  # noqa: E731
-    return {"/".join(k for k in keys(path) if k != ".value"): str(s.spec) for path, s in flat}
+    return {path_name(path): str(s.spec) for path, s in flat}
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

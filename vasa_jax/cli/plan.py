@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 
 from vasa_jax.cli.common import UserError, user_errors
-
-GiB = 1024 ** 3
+from vasa_jax.plan.chips import GiB
 
 
 def parse_config_spec(spec: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ v5p (``v5p-8`` = 4 chips of 2 cores; JAX sees one device per v5p chip, "megacore
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 
@@ -58,10 +59,7 @@ def parse_slice(name: str) -> tuple[Chip, str, int]:
         dims = [int(d) for d in rest.split("x")]
         if len(dims) != chip.dims:
             raise PlanError(f"{gen} topologies have {chip.dims} dimensions; got {rest!r}.")
-        n = 1
-        for d in dims:
-            n *= d
-        return chip, f"{gen}:{rest}", n
+        return chip, f"{gen}:{rest}", math.prod(dims)
     if not rest.isdigit() or int(rest) % chip.cores_per_name_unit:
         raise PlanError(f"Bad slice size in {name!r}.")
     chips = int(rest) // chip.cores_per_name_unit

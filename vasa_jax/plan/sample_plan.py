@@ -19,7 +19,7 @@ import jax
 from flax import nnx
 
 from vasa_jax.plan.chips import GiB, topology_devices
-from vasa_jax.plan.train_plan import overflow
+from vasa_jax.plan.train_plan import compiled_figures, overflow
 
 VASA1_FPS = {"offline": 45.0, "streaming": 40.0, "gpu": "RTX 4090", "resolution": 512}
 
@@ -81,18 +81,14 @@ def plan_sampler(slice_name: str, *, latent_variant: str = "paper",
                       advice="decode fewer frames at once (--decode-batch, e.g. 2)")
         return report
     seconds = time.time() - t0
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0))
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+    fig = compiled_figures(compiled)
     report.update(
-        compile_seconds=seconds, argument_bytes=mem.argument_size_in_bytes,
-        temp_bytes=mem.temp_size_in_bytes, peak_bytes=peak, fits=peak <= chip.hbm_bytes,
+        compile_seconds=seconds, argument_bytes=fig["argument_bytes"],
+        temp_bytes=fig["temp_bytes"], peak_bytes=fig["peak_bytes"],
+        fits=fig["peak_bytes"] <= chip.hbm_bytes,
         # XLA's cost analysis counts a loop body once: the denoising loop and the decode map
         # run many times, so this is a floor, and no frame rate is projected from it.
-        flops_loop_bodies_once=flops)
+        flops_loop_bodies_once=fig["flops"])
     return report
 
 

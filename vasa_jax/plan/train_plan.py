@@ -59,14 +59,32 @@ def overflow(error: BaseException) -> tuple[float, float] | None:
     return float(m.group(1)) * _UNITS[m.group(2)], float(m.group(3)) * _UNITS[m.group(4)]
 
 
+def compiled_figures(compiled) -> dict[str, Any]:
+    """Per-device memory and cost of a compiled executable: arguments, outputs, donated
+    (aliased), temporaries, code and their peak in bytes; FLOPs, bytes accessed and XLA's
+    cost-model seconds (None when it gives none)."""
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"argument_bytes": mem.argument_size_in_bytes,
+            "output_bytes": mem.output_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
+            "temp_bytes": mem.temp_size_in_bytes, "code_bytes": mem.generated_code_size_in_bytes,
+            "peak_bytes": (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                           - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+                           + mem.generated_code_size_in_bytes),
+            "flops": float(cost.get("flops", 0.0)),
+            "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+            "optimal_seconds": max(float(cost.get("optimal_seconds", 0.0)), 0.0) or None}
+
+
 def _leaf_table(abstract_state: Any, n: int = 5) -> list[dict[str, Any]]:
     """The ``n`` largest per-device arrays of a sharded abstract state."""
+    from vasa_jax.parallel import path_name
+
     rows = []
     for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                        for k in path)
         shard = x.sharding.shard_shape(x.shape)
-        rows.append({"name": name.replace("/value", ""), "shape": list(x.shape),
+        rows.append({"name": path_name(path), "shape": list(x.shape),
                      "per_device_bytes": int(math.prod(shard) * np.dtype(x.dtype).itemsize),
                      "spec": str(x.sharding.spec)})
     rows.sort(key=lambda r: -r["per_device_bytes"])
@@ -101,7 +119,7 @@ def plan_config(config, slice_name: str, *, batch: int | None = None,
         config.data.batch_size = int(batch)
     try:
         task, trainer = _trainer(config, devices)
-    except ValueError as e:  # e.g. a width the mesh does not divide
+    except ValueError as e:  # e.g. a mesh shape that does not fit the slice
         raise PlanError(str(e)) from None
     mesh_shape = dict(trainer.mesh.shape)
     shards = mesh_shape["data"] * mesh_shape["fsdp"]
@@ -134,20 +152,15 @@ def plan_config(config, slice_name: str, *, batch: int | None = None,
         report["advice"] = advice(report)
         return report
     report["compile_seconds"] = time.time() - t0
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+    fig = compiled_figures(compiled)
+    flops = fig.pop("flops")
+    accessed, optimal = fig.pop("bytes_accessed"), fig.pop("optimal_seconds")
     capacity = chip.hbm_bytes if chip else None
-    flops = float(cost.get("flops", 0.0))
+    report.update(fig)  # the memory figures
     report.update(
-        argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-        alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-        code_bytes=mem.generated_code_size_in_bytes, peak_bytes=peak,
-        hbm_capacity_bytes=capacity, fits=capacity is None or peak <= capacity,
-        flops_per_device=flops, bytes_accessed_per_device=float(cost.get("bytes accessed", 0)),
-        xla_optimal_seconds=max(float(cost.get("optimal_seconds", 0.0)), 0.0) or None,
+        hbm_capacity_bytes=capacity, fits=capacity is None or fig["peak_bytes"] <= capacity,
+        flops_per_device=flops, bytes_accessed_per_device=accessed,
+        xla_optimal_seconds=optimal,
         collective_bytes_per_device=collective_bytes(compiled.as_text()))
     if chip:
         step = flops / (chip.peak_bf16_flops * mfu)
