@@ -143,11 +143,16 @@ def table(path: str) -> str:
                          f"(temporaries {r['temp_bytes'] / g:.1f} GiB, available "
                          f"{r['hbm_available_bytes'] / g:.1f} GiB).")
             continue
+        p = r["projection"]
         lines.append(f"\nGeneration on one {r['chip']} chip ({r['slice']}): one window of "
                      f"{r['window']} frames at {r['resolution']} px (decoded "
                      f"{r['decode_batch'] or r['window']} at a time), {r['steps']} DDIM steps "
-                     f"with CFG: fits, HBM peak {r['peak_bytes'] / g:.1f} GiB. (XLA's FLOP count "
-                     f"takes each loop body once, so no frame rate is projected from it.)")
+                     f"with CFG: fits, HBM peak {r['peak_bytes'] / g:.1f} GiB; "
+                     f"{p['window_flops'] / 1e12:.1f} TFLOP per window "
+                     f"({p['decode_share']:.0%} of its time decoding), PROJECTED at MFU "
+                     f"{p['mfu_assumed']:.0%}: {p['frames_per_second']:.1f} frames/s, first "
+                     f"frame {p['stream_first_frame_seconds']:.2f} s after the speech starts "
+                     f"when streaming window by window.")
     return "\n".join(lines)
 
 

@@ -33,7 +33,8 @@ from vasa_jax.media.face_crop import SYNTHTALK_FRAMING, Framing, crop_face
 from vasa_jax.motion import diffusion
 from vasa_jax.motion.audio import AudioFrontend, features_for_frames
 from vasa_jax.motion.dit import MotionDiT
-from vasa_jax.motion.generate import WindowCarry, init_carry, split_windows, window_step
+from vasa_jax.motion.generate import (WindowCarry, init_carry, split_windows, window_conditions,
+                                     window_step)
 
 EMOTIONS = ("neutral", "happy", "sad", "surprised")  # SynthTalk's classes, by index
 
@@ -122,12 +123,13 @@ def _window(graphdefs, states, carry, audio_window, frames_ok, v_app, z_id, cond
             schedule, opts):
     motion_model = nnx.merge(graphdefs[0], states[0])
     latent = nnx.merge(graphdefs[1], states[1])
-    steps, sampler, eta, scales, decode_batch, float_frames = opts
+    steps, sampler, eta, scales, decode_batch, float_frames, stride = opts
     carry, motion = window_step(motion_model, carry, audio_window, frames_ok, conditions, key,
                                 schedule, num_steps=steps, sampler=sampler, eta=eta,
-                                cfg_scales=dict(scales))
-    frames = _decode(latent, v_app, z_id, motion[0], decode_batch)
-    return carry, (motion[0], frames if float_frames else to_uint8(frames))
+                                cfg_scales=dict(scales), commit=stride)
+    motion = motion[0, :stride]  # the committed frames (all W unless low-latency)
+    frames = _decode(latent, v_app, z_id, motion, decode_batch)
+    return carry, (motion, frames if float_frames else to_uint8(frames))
 
 
 def _scan_windows(graphdefs, states, carry, audio_w, valid_w, v_app, z_id, conditions, key,
@@ -163,6 +165,22 @@ def _stream_program(graphdefs, states, carry, audio_window, frames_ok, v_app, z_
                                             frames_ok[None], v_app, z_id, conditions, key,
                                             schedule, opts)
     return carry, (motion[0], frames[0])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "scales"))
+def _denoise_program(graphdef, state, carry, audio_window, frames_ok, conditions, x_t, t, *,
+                     scales):
+    """One guided denoising call of a window (the body of its sampling loop): x_t (1, W, M),
+    t (1,) -> predicted x0 (1, W, M); the CFG passes run as one batched model call."""
+    model = nnx.merge(graphdef, state)
+    cond, drop = window_conditions(model, carry, audio_window, frames_ok, conditions)
+    return diffusion.guided_denoiser(model, dict(scales))(x_t, t, cond, drop)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _decode_program(graphdef, state, v_app, z_id, motion):
+    """One decode batch (the body of a window's decode loop): motion (n, M) -> frames."""
+    return _decode(nnx.merge(graphdef, state), v_app, z_id, motion, 0)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -273,13 +291,40 @@ class TalkingFacePipeline:
         return np.concatenate([features_for_frames(self.frontend, padded, s, s + w)
                                for s in range(0, n, w)])[:n]
 
-    def _opts(self, c: Controls, float_frames: bool):
+    def _stride(self, stride: int | None) -> int:
+        s = self.window if stride is None else int(stride)
+        if not 1 <= s <= self.window:
+            raise ValueError(f"stride must be 1..{self.window} (the window W) frames, got "
+                             f"{stride}.")
+        return s
+
+    def _opts(self, c: Controls, float_frames: bool, stride: int | None = None):
         if c.sampler not in ("ddim", "ddpm"):
             raise ValueError(f"Unknown sampler {c.sampler!r}; use 'ddim' or 'ddpm'.")
         if c.emotion is not None and not 0 <= c.emotion < len(EMOTIONS):
             raise ValueError(f"emotion must be 0..{len(EMOTIONS) - 1} ({', '.join(EMOTIONS)}).")
         return (int(c.steps), c.sampler, float(c.eta), c.scales(), int(self.decode_batch),
-                bool(float_frames))
+                bool(float_frames), self._stride(stride))
+
+    def _abstract_inputs(self, controls: Controls, sharding) -> dict:
+        """Shape-only stand-ins of a window's inputs, placed by ``sharding``."""
+        motion_model = nnx.merge(self._graphdefs[0], self._states[0])
+        r, w, m = self.resolution, self.window, motion_model.motion_dim
+        v_app, z_id = jax.eval_shape(
+            lambda state: nnx.merge(self._graphdefs[1], state).encode_appearance(
+                jnp.zeros((1, r, r, 3), jnp.float32)), self._states[1])
+        f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+        inputs = dict(states=self._states,
+                      carry=jax.eval_shape(lambda: init_carry(motion_model, 1)),
+                      audio_window=f32(1, w, motion_model.audio_dim),
+                      frames_ok=jax.ShapeDtypeStruct((w,), jnp.bool_), v_app=v_app, z_id=z_id,
+                      conditions=controls.conditions(),
+                      key=jax.eval_shape(lambda: jax.random.PRNGKey(0)),
+                      schedule=self.schedule, x_t=f32(1, w, m),
+                      t=jax.ShapeDtypeStruct((1,), jnp.int32),
+                      motion=f32(max(1, min(self.decode_batch or w, w)), m))
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                           sharding=sharding), inputs)
 
     def lower_window(self, controls: Controls | None = None, *, sharding=None):
         """One window of generation (the offline scan's body, as streaming runs it: W frames of
@@ -288,40 +333,47 @@ class TalkingFacePipeline:
         (``vasa_jax.plan``: compiled for a TPU chip from models built with ``nnx.eval_shape``).
         ``sharding``: where every input lives (default: the default device)."""
         c = controls or self.defaults
-        motion_model = nnx.merge(self._graphdefs[0], self._states[0])
-        r, w = self.resolution, self.window
-        carry = jax.eval_shape(lambda: init_carry(motion_model, 1))
-        v_app, z_id = jax.eval_shape(
-            lambda state: nnx.merge(self._graphdefs[1], state).encode_appearance(
-                jnp.zeros((1, r, r, 3), jnp.float32)), self._states[1])
-        inputs = (self._states, carry, jax.ShapeDtypeStruct((1, w, motion_model.audio_dim),
-                                                            jnp.float32),
-                  jax.ShapeDtypeStruct((w,), jnp.bool_), v_app, z_id, c.conditions(),
-                  jax.eval_shape(lambda: jax.random.PRNGKey(0)), self.schedule)
-        inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
-                                                             sharding=sharding), inputs)
-        return _stream_program.lower(self._graphdefs, *inputs, opts=self._opts(c, False))
+        i = self._abstract_inputs(c, sharding)
+        return _stream_program.lower(
+            self._graphdefs, i["states"], i["carry"], i["audio_window"], i["frames_ok"],
+            i["v_app"], i["z_id"], i["conditions"], i["key"], i["schedule"],
+            opts=self._opts(c, False))
+
+    def lower_window_parts(self, controls: Controls | None = None, *, sharding=None) -> dict:
+        """The two loop bodies a window repeats, lowered on their own (XLA's cost analysis
+        counts a loop body once, so a window's cost is built from these): ``denoise``, one
+        guided MotionDiT call (run ``steps`` times per window) and ``decode``, one decode batch
+        of ``decode_batch`` frames (the whole window when 0; run ceil(W / batch) times)."""
+        c = controls or self.defaults
+        i = self._abstract_inputs(c, sharding)
+        return {"denoise": _denoise_program.lower(
+                    self._graphdefs[0], i["states"][0], i["carry"], i["audio_window"],
+                    i["frames_ok"], i["conditions"], i["x_t"], i["t"], scales=c.scales()),
+                "decode": _decode_program.lower(self._graphdefs[1], i["states"][1], i["v_app"],
+                                                i["z_id"], i["motion"])}
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, source: Source, audio: np.ndarray, controls: Controls | None = None, *,
                  progress: Callable[[int, int], None] | None = None,
-                 float_frames: bool = False) -> Generated:
+                 float_frames: bool = False, stride: int | None = None) -> Generated:
         """Offline: the whole audio in one compiled scan. ``progress(done, total)`` is called
-        after each window (from inside the program)."""
+        after each window (from inside the program). ``stride``: what low-latency streaming
+        with that stride gives (``stream``), computed offline (None: W, non-overlapping
+        windows)."""
         c = controls or self.defaults
+        opts = self._opts(c, float_frames, stride)
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise InputError(f"audio must be non-empty (S,) 16 kHz mono, got {audio.shape}.")
         check_offline_length(audio.size, self.max_seconds)
         feats = self.features(audio)
         n = feats.shape[0]
-        audio_w, valid_w = split_windows(jnp.asarray(feats)[None], self.window)
+        audio_w, valid_w = split_windows(jnp.asarray(feats)[None], self.window, opts[-1])
         _progress_hook[0] = progress
         try:
             motion, frames = _offline_program(
                 self._graphdefs, self._states, audio_w, valid_w, source.v_app, source.z_id,
-                c.conditions(), jax.random.PRNGKey(c.seed), self.schedule,
-                opts=self._opts(c, float_frames))
+                c.conditions(), jax.random.PRNGKey(c.seed), self.schedule, opts=opts)
             motion, frames = jax.device_get((motion, frames))
         finally:
             _progress_hook[0] = None
@@ -329,15 +381,21 @@ class TalkingFacePipeline:
                          motion.reshape(-1, motion.shape[-1])[:n], audio)
 
     def stream(self, source: Source, audio_chunks: Iterable[np.ndarray],
-               controls: Controls | None = None, *, float_frames: bool = False
-               ) -> Iterator[np.ndarray]:
+               controls: Controls | None = None, *, float_frames: bool = False,
+               stride: int | None = None) -> Iterator[np.ndarray]:
         """Streaming: ``audio_chunks`` (16 kHz mono float32 pieces of any sizes) in, frames out
-        window by window ((W, R, R, 3), the last one trimmed) as soon as each window's audio
-        and the frontend's look-ahead have arrived. No length limit; the same output as
-        ``generate`` for the same seed."""
+        as soon as their audio and the frontend's look-ahead have arrived. No length limit; the
+        same output as ``generate`` with the same seed and ``stride``.
+
+        ``stride`` S (default W): each window yields its first S frames ((S, R, R, 3), the last
+        one trimmed). S = W: windows do not overlap; S < W (low latency): a window is sampled
+        as soon as S new frames of audio are in, with the unheard rest of it marked dropped
+        (MotionDiT trains with trailing audio dropped), so the first frame waits for S + the
+        look-ahead frames of audio instead of W + look-ahead, at W / S times the motion
+        sampling per frame."""
         c = controls or self.defaults
-        opts = self._opts(c, float_frames)
-        w, ctx = self.window, self.frontend.context_frames
+        opts = self._opts(c, float_frames, stride)
+        w, s, ctx = self.window, opts[-1], self.frontend.context_frames
         conditions, key = c.conditions(), jax.random.PRNGKey(c.seed)
         motion_model = nnx.merge(self._graphdefs[0], self._states[0])
         carry: WindowCarry = init_carry(motion_model, 1)
@@ -345,10 +403,12 @@ class TalkingFacePipeline:
         offset = 0  # absolute frame index of buffer[0]
         start = 0  # first frame of the next window
 
-        def run(feats: np.ndarray, valid: int):
+        def run(valid: int):
             nonlocal carry
+            feats = features_for_frames(self.frontend, buffer, start - offset,
+                                        start + valid - offset)
             a = np.zeros((1, w, feats.shape[-1]), np.float32)
-            a[0, :valid] = feats[:valid]
+            a[0, :valid] = feats
             carry, (_, frames) = _stream_program(
                 self._graphdefs, self._states, carry, jnp.asarray(a), jnp.arange(w) < valid,
                 source.v_app, source.z_id, conditions, key, self.schedule, opts=opts)
@@ -356,17 +416,13 @@ class TalkingFacePipeline:
 
         for chunk in audio_chunks:
             buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
-            while (offset + buffer.size // SAMPLES_PER_FRAME) >= start + w + ctx:
-                feats = features_for_frames(self.frontend, buffer, start - offset,
-                                            start + w - offset)
-                yield run(feats, w)
-                start += w
+            while (offset + buffer.size // SAMPLES_PER_FRAME) >= start + s + ctx:
+                yield run(s)
+                start += s
                 drop = max(0, start - ctx - offset)  # keep the look-behind of the next window
                 buffer, offset = buffer[drop * SAMPLES_PER_FRAME:], offset + drop
         total = offset + -(-buffer.size // SAMPLES_PER_FRAME)  # frames of the whole stream
         buffer = np.pad(buffer, (0, (total - offset) * SAMPLES_PER_FRAME - buffer.size))
         while start < total:
-            valid = min(w, total - start)
-            feats = features_for_frames(self.frontend, buffer, start - offset, start + w - offset)
-            yield run(feats, valid)
-            start += w
+            yield run(min(s, total - start))
+            start += s

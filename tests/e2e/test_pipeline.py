@@ -107,6 +107,45 @@ def test_streaming_equals_offline_at_any_length(pipe, source, clip, frames):
     assert np.abs(uint8.astype(int) - np.round((off.frames + 1) * 127.5)).max() <= 1
 
 
+@pytest.mark.parametrize("stride", [3, 5])  # S < K = 4 and K < S < W = 16
+def test_low_latency_streaming_commits_frames_from_the_audio_heard_so_far(pipe, source, clip,
+                                                                          stride):
+    """With stride S < W each window yields S frames as soon as S frames of audio (plus the
+    frontend's look-ahead) are in; the output is ``generate(stride=S)``'s bit for bit, and
+    frames already yielded do not depend on any later audio."""
+    n, ctx = 2 * pipe.window + 7, pipe.frontend.context_frames
+    audio = _audio(clip, n)
+    off = pipe.generate(source, audio, CONTROLS, float_frames=True, stride=stride)
+    assert off.frames.shape[0] == n and np.all(np.isfinite(off.frames))
+    chunks = np.split(audio, np.arange(640, len(audio), 640))  # 40 ms each, as a microphone
+    heard, first_at = [0], []
+
+    def feed():
+        for c in chunks:
+            heard[0] += len(c)
+            yield c
+
+    pieces = []
+    for p in pipe.stream(source, feed(), CONTROLS, float_frames=True, stride=stride):
+        first_at.append(heard[0] // 640)
+        pieces.append(p)
+    assert [len(p) for p in pieces[:-1]] == [stride] * (len(pieces) - 1)
+    assert first_at[0] == stride + ctx  # the first frames waited for S + look-ahead frames only
+    np.testing.assert_array_equal(np.concatenate(pieces), off.frames)
+    # Causal: other audio after what the first two windows heard leaves their frames as they were.
+    cut = (2 * stride + ctx) * 640
+    other = np.concatenate([audio[:cut], audio[cut:][::-1]])
+    again = pipe.generate(source, other, CONTROLS, float_frames=True, stride=stride)
+    np.testing.assert_array_equal(again.frames[:2 * stride], off.frames[:2 * stride])
+    assert np.abs(again.frames[-stride:] - off.frames[-stride:]).max() > 0
+    # S = W is the non-overlapping streaming of before.
+    np.testing.assert_array_equal(
+        pipe.generate(source, audio, CONTROLS, stride=pipe.window).frames,
+        pipe.generate(source, audio, CONTROLS).frames)
+    with pytest.raises(ValueError, match="stride"):
+        next(pipe.stream(source, chunks, CONTROLS, stride=pipe.window + 1))
+
+
 def test_controls_and_seed(pipe, source, clip):
     audio = _audio(clip, 20)
     a = pipe.generate(source, audio, CONTROLS).motion

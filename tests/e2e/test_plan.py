@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vasa_jax import cli
-from vasa_jax.plan.chips import PlanError, parse_slice
+from vasa_jax.plan.chips import PlanError, parse_slice, tpu_compiles
 from vasa_jax.plan.train_plan import collective_bytes, plan_config
 from vasa_jax.train.run import load_config
 
@@ -25,6 +25,19 @@ def test_slice_names():
                        ("v5p:2x2", "3 dimensions")):
         with pytest.raises(PlanError, match=words):
             parse_slice(bad)
+
+
+def test_tpu_compiles_keep_out_of_the_persistent_cache():
+    """TPU executables cannot be read back from the persistent cache by this machine's CPU
+    client, so plans compile with it off, and put it back as it was, also after an error."""
+    import jax
+
+    was = jax.config.jax_enable_compilation_cache
+    with tpu_compiles():
+        assert jax.config.jax_enable_compilation_cache is False
+    with pytest.raises(RuntimeError), tpu_compiles():
+        raise RuntimeError("an overflow")
+    assert jax.config.jax_enable_compilation_cache == was
 
 
 def test_collective_bytes_reads_the_optimised_hlo():
@@ -81,9 +94,20 @@ def test_plan_command_errors_name_the_fix(capsys):
 def test_the_generation_window_compiles_for_one_chip():
     from vasa_jax.plan.sample_plan import plan_sampler
 
-    r = plan_sampler("v5e-1", latent_variant="test", motion_variant="test", steps=2)
+    r = plan_sampler("v5e-1", latent_variant="test", motion_variant="test", steps=2,
+                     decode_batch=2)
     assert r["fits"] and r["flops_loop_bodies_once"] > 0 and 0 < r["peak_bytes"]
-    assert r["window"] == load_config("motion", "test").model.window
+    w = load_config("motion", "test").model.window
+    assert r["window"] == w
+    # The projection is built from the loop bodies compiled alone: 2 denoising calls and
+    # ceil(W / 2) decode calls, each costing something.
+    p = r["projection"]
+    assert p["denoise_calls"] == 2 and p["decode_calls"] == -(-w // 2)
+    assert p["denoise_call_flops"] > 0 and p["decode_call_flops"] > 0
+    assert p["window_flops"] == 2 * p["denoise_call_flops"] + p["decode_calls"] * p[
+        "decode_call_flops"]
+    assert p["frames_per_second"] == pytest.approx(w / p["window_seconds"])
+    assert p["stream_first_frame_seconds"] > w / 25
 
 
 @pytest.mark.parametrize("stage", ["motion", "latent"])

@@ -50,3 +50,30 @@ def test_a_dimension_the_mesh_does_not_divide_is_replicated_and_reported():
     assert sh["kernel"].value.spec == P("fsdp", None)
     assert sh["bias"].value.spec == P(None)
     assert fallbacks == [("bias", (6,), 24)]
+
+
+def test_constrain_batch_splits_the_batch_only_inside_a_step_with_a_mesh():
+    """Inside ``use_abstract_mesh`` (as the trainer traces its step) an activation's batch
+    dimension is split over data x fsdp; outside, or when the batch does not divide, the
+    array is returned as it is."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    mesh = parallel.create_mesh((2, 4, 1))
+    rep = NamedSharding(mesh, P())
+
+    def run(x, with_mesh):
+        def f(x):
+            if not with_mesh:
+                return parallel.constrain_batch(x * 2.0)
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                return parallel.constrain_batch(x * 2.0)
+        return jax.jit(f, in_shardings=rep)(jax.device_put(x, rep))
+
+    y = run(jnp.ones((16, 3, 5)), True)
+    assert y.sharding.spec[0] == parallel.BATCH_AXES
+    assert y.sharding.shard_shape(y.shape) == (2, 3, 5)
+    assert float(y.sum()) == 2.0 * 16 * 15
+    assert run(jnp.ones((16, 3)), False).sharding.is_fully_replicated
+    assert run(jnp.ones((6, 3)), True).sharding.is_fully_replicated  # 6 rows over 8 shards
+    assert parallel.constrain_batch(jnp.ones((16, 3))).shape == (16, 3)  # eager, no mesh

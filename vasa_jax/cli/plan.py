@@ -73,7 +73,7 @@ def plan(args) -> dict:
 
             r = plan_sampler(args.topology, latent_variant=args.latent_variant,
                              motion_variant=args.motion_variant, steps=args.steps,
-                             decode_batch=args.decode_batch)
+                             decode_batch=args.decode_batch, mfu=args.mfu)
             text = format_sample_plan(r)
         else:
             from vasa_jax.plan.train_plan import largest_batch, plan_config

@@ -59,12 +59,34 @@ def complete_conditions(conditions: Mapping[str, jax.Array], batch: int
     return cond, drop
 
 
+def window_conditions(model: MotionDiT, carry: WindowCarry, audio_window: jax.Array,
+                      frames_ok: jax.Array, conditions: Mapping[str, jax.Array]
+                      ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """What every denoising call of a window is conditioned on: (cond, drop) for
+    ``MotionDiT(x_t, t, cond, drop)``, with the (B, W, A) audio normalised (zero where
+    ``frames_ok`` is False) and the carry's context (dropped in the first window)."""
+    b, w, _ = audio_window.shape
+    a = model.normalize_audio(audio_window.astype(jnp.float32))
+    a = jnp.where(frames_ok[None, :, None], a, 0.0)
+    cond, drop = complete_conditions(conditions, b)
+    cond.update(audio=a, audio_pre=carry.audio_pre, motion_pre=carry.motion_pre)
+    drop.update(audio=jnp.zeros((b,), bool), context=jnp.full((b,), carry.first),
+                audio_frames=jnp.broadcast_to(frames_ok, (b, w)))
+    return cond, drop
+
+
 def window_step(model: MotionDiT, carry: WindowCarry, audio_window: jax.Array,
                 frames_ok: jax.Array, conditions: Mapping[str, jax.Array], key: jax.Array,
                 schedule: diffusion.Schedule, *, num_steps: int = 50, sampler: str = "ddim",
-                eta: float = 0.0, cfg_scales: Mapping[str, float] | None = None
-                ) -> tuple[WindowCarry, jax.Array]:
+                eta: float = 0.0, cfg_scales: Mapping[str, float] | None = None,
+                commit: int | None = None) -> tuple[WindowCarry, jax.Array]:
     """One window.
+
+    ``commit`` (S, default W): how many of the window's first frames are kept. With S < W
+    (low-latency streaming) a window is sampled whole but only its first S frames are committed:
+    the next window starts S frames later and its context is the last K committed frames, so
+    frames past S (audio not heard yet, ``frames_ok`` False) only shape what is kept. The
+    context counts as given once K frames have been committed.
 
     Args:
       model: the merged MotionDiT.
@@ -79,27 +101,34 @@ def window_step(model: MotionDiT, carry: WindowCarry, audio_window: jax.Array,
     """
     b, w, _ = audio_window.shape
     k = model.context
-    a = model.normalize_audio(audio_window.astype(jnp.float32))
-    a = jnp.where(frames_ok[None, :, None], a, 0.0)
-    cond, drop = complete_conditions(conditions, b)
-    cond.update(audio=a, audio_pre=carry.audio_pre, motion_pre=carry.motion_pre)
-    drop.update(audio=jnp.zeros((b,), bool), context=jnp.full((b,), carry.first),
-                audio_frames=jnp.broadcast_to(frames_ok, (b, w)))
+    cond, drop = window_conditions(model, carry, audio_window, frames_ok, conditions)
+    a = cond["audio"]
     denoiser = diffusion.guided_denoiser(model, cfg_scales or {})
     x0 = diffusion.sample(lambda x, t: denoiser(x, t, cond, drop),
                           jax.random.fold_in(key, carry.index), (b, w, model.motion_dim),
                           schedule, num_steps, kind=sampler, eta=eta)
-    nxt = WindowCarry(x0[:, w - k:], a[:, w - k:], jnp.bool_(False), carry.index + 1)
+    s = w if commit is None else commit
+    if not 1 <= s <= w:
+        raise ValueError(f"commit must be in [1, W={w}], got {s}.")
+    last_k = lambda pre, x: jnp.concatenate([pre, x[:, :s]], axis=1)[:, pre.shape[1] + s - k:]  # noqa: E731
+    nxt = WindowCarry(last_k(carry.motion_pre, x0), last_k(carry.audio_pre, a),
+                      carry.first & ((carry.index + 1) * s < k), carry.index + 1)
     return nxt, model.denormalize_motion(x0)
 
 
-def split_windows(audio_features: jax.Array, window: int) -> tuple[jax.Array, jax.Array]:
-    """(B, N, A) -> zero-padded windows (n_win, B, W, A) and their (n_win, W) validity."""
+def split_windows(audio_features: jax.Array, window: int, stride: int | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+    """(B, N, A) -> zero-padded windows (n_win, B, W, A) and their (n_win, W) validity.
+    ``stride`` S (default W): window i starts at frame i S and only its first S frames are
+    valid (low-latency streaming: the rest is audio not heard yet); n_win = ceil(N / S)."""
     b, n, _ = audio_features.shape
-    n_win = -(-n // window)
-    audio = jnp.pad(audio_features, ((0, 0), (0, n_win * window - n), (0, 0)))
-    valid = (jnp.arange(n_win * window) < n).reshape(n_win, window)
-    return jnp.moveaxis(audio.reshape(b, n_win, window, -1), 1, 0), valid
+    s = window if stride is None else stride
+    n_win = -(-n // s)
+    audio = jnp.pad(audio_features, ((0, 0), (0, n_win * s + window - s - n), (0, 0)))
+    starts = jnp.arange(n_win) * s
+    frames = starts[:, None] + jnp.arange(window)[None]  # (n_win, W) absolute frame indices
+    valid = (frames < n) & (jnp.arange(window)[None] < s)
+    return jnp.moveaxis(audio[:, frames], 1, 0), valid
 
 
 def generate_motion(model: MotionDiT, audio_features: jax.Array, conditions: Mapping[str, jax.Array],

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vasa_jax.nn.layers import dense
+from vasa_jax.parallel import constrain_batch
 
 
 def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
@@ -152,7 +153,7 @@ class WSConv(nnx.Module):
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        return y
+        return constrain_batch(y)
 
 
 class ResBlock(nnx.Module):

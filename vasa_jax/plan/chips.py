@@ -10,6 +10,7 @@ v5p (``v5p-8`` = 4 chips of 2 cores; JAX sees one device per v5p chip, "megacore
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -90,3 +91,18 @@ def topology_devices(name: str) -> tuple[Chip, list]:
     if len(devices) != chips:
         raise PlanError(f"{topology} gave {len(devices)} devices, expected {chips}.")
     return chip, devices
+
+
+@contextlib.contextmanager
+def tpu_compiles():
+    """Compile for TPU here without JAX's persistent compilation cache: its entries for a TPU
+    executable cannot be read back by this machine's CPU client (a warning on every later
+    read), and an ahead-of-time plan is never run, so caching it gains nothing."""
+    import jax
+
+    was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", was)

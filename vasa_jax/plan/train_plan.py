@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from vasa_jax.plan.chips import Chip, GiB, PlanError, topology_devices
+from vasa_jax.plan.chips import Chip, GiB, PlanError, topology_devices, tpu_compiles
 
 DEFAULT_MFU = 0.35
 
@@ -142,7 +142,8 @@ def plan_config(config, slice_name: str, *, batch: int | None = None,
                         for n, sh, b in trainer.replicated_instead[:3]]}}
     t0 = time.time()
     try:
-        compiled = trainer.lower_step(task.batch_spec(b)).compile()
+        with tpu_compiles():
+            compiled = trainer.lower_step(task.batch_spec(b)).compile()
     except Exception as e:  # noqa: BLE001 - XLA raises JaxRuntimeError for an HBM overflow
         need = overflow(e)
         if need is None:

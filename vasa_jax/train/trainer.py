@@ -310,7 +310,9 @@ class Trainer:
     # -- step ----------------------------------------------------------------------------------
     def _step(self, state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(self.base_key, state.step)
-        grads, loss, metrics = self.task.grads(self.graphdef, state.params, state.rest, batch, key)
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):  # activation constraints
+            grads, loss, metrics = self.task.grads(self.graphdef, state.params, state.rest,
+                                                   batch, key)
         new_params, new_opt = update_groups(self.optimizers, grads, state.opt_state,
                                             state.params)
         # An update is applied only if the loss, the gradients and the new parameters are all
