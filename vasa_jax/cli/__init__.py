@@ -19,6 +19,7 @@
   vasa-jax eval generate-set --real DIR ...      a generated clip set from a real one
   vasa-jax generate --image P --audio A --out V  a talking-face mp4 from a photo and speech
   vasa-jax verify VIDEO                          watermark, C2PA manifest and safety tags
+  vasa-jax serve --latent-workdir D --motion-workdir D   the web app + real-time WebSocket
   vasa-jax convert wav2vec2 --hf-dir D --out O   Hugging Face wav2vec2 weights -> orbax
 
 Multi-host training goes through ``launch/train.py`` (see the README).
@@ -33,12 +34,13 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only a TFDS/clu dependency
 
 # Each command group registers its own subcommands; handlers parse and call the library.
-from vasa_jax.cli import convert, data, generate, plan, quickstart, ship, train  # noqa: E402
+from vasa_jax.cli import convert, data, generate, plan, quickstart, serve, ship, train  # noqa: E402
 from vasa_jax.cli import eval as evaluate  # noqa: E402
 from vasa_jax.cli.common import UserError  # noqa: E402
 from vasa_jax.xla_cpu import prefer_fast_cpu_compiles  # noqa: E402
 
-GROUPS = (quickstart, ship, train, plan, evaluate, generate, convert, data)  # the order of --help
+# The order of --help.
+GROUPS = (quickstart, ship, train, plan, evaluate, generate, serve, convert, data)
 
 
 def parser() -> argparse.ArgumentParser:

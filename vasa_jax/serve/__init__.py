@@ -1,0 +1,1 @@
+"""The web app (``vasa-jax serve``) and its real-time WebSocket."""
