@@ -37,9 +37,9 @@ def service(generation_workdirs, tmp_path_factory):
     from vasa_jax.serve.service import TalkingFaceService
 
     os.environ.setdefault("VASA_JAX_C2PA_DIR", str(tmp_path_factory.mktemp("c2pa")))
-    s = TalkingFaceService(*generation_workdirs, max_concurrent=1, max_seconds=10.0,
-                           warm_strides=(STRIDE,),
-                           work_root=str(tmp_path_factory.mktemp("serve_work")))
+    s = TalkingFaceService.from_workdirs(
+        *generation_workdirs, max_concurrent=1, max_seconds=10.0, warm_strides=(STRIDE,),
+        work_root=str(tmp_path_factory.mktemp("serve_work")))
     yield s
     s.close()
 

@@ -191,6 +191,26 @@ def test_windowed_generation_any_length(model, n):
     np.testing.assert_array_equal(out, gen(audio, jax.random.PRNGKey(1)))
 
 
+@pytest.mark.parametrize("stride", [3, 7])
+def test_low_latency_motion_depends_only_on_audio_heard(model, stride):
+    """``stride`` S: frames [0, kS) come from the audio of frames [0, kS) alone (a window never
+    sees the audio past its S-th frame), at any length."""
+    m = perturbed(model)
+    n = 2 * m.window + 5
+    audio = jax.random.normal(jax.random.PRNGKey(0), (1, n, m.audio_dim))
+    cond = {"gaze": jnp.zeros((1, 2)), "distance": jnp.zeros((1,)),
+            "emotion": jnp.zeros((1,), jnp.int32)}
+    s = diffusion.make_schedule("cosine", 100)
+    gen = jax.jit(lambda a: generate_motion(m, a, cond, jax.random.PRNGKey(1), s, num_steps=2,
+                                            cfg_scales={"audio": 0.5}, stride=stride))
+    out = gen(audio)
+    assert out.shape == (1, n, m.motion_dim) and bool(jnp.all(jnp.isfinite(out)))
+    heard = 3 * stride
+    other = gen(audio.at[:, heard:].set(-audio[:, heard:]))
+    np.testing.assert_array_equal(out[:, :heard], other[:, :heard])
+    assert float(jnp.abs(out[:, heard:] - other[:, heard:]).max()) > 0
+
+
 def test_mel_frontend_alignment():
     """Row k of the features describes samples [640 k, 640 (k + 1)): a burst in frame 7 lights
     up row 7 most."""

@@ -28,9 +28,9 @@ def serve(args) -> None:
                         f"pip install -e '.[serve]'.") from None
     strides = tuple(int(s) for s in args.warm_stride)
     with user_errors(InputError, FileNotFoundError, ValueError):
-        service = TalkingFaceService(args.latent_workdir, args.motion_workdir,
-                                     max_concurrent=args.max_concurrent,
-                                     max_seconds=args.max_seconds, warm_strides=strides)
+        service = TalkingFaceService.from_workdirs(
+            args.latent_workdir, args.motion_workdir, max_concurrent=args.max_concurrent,
+            max_seconds=args.max_seconds, warm_strides=strides)
     print(f"Loaded both stages in {service.load_seconds:.1f} s; compiled in "
           f"{service.compile_seconds:.1f} s ({service.pipe.resolution} px, W = "
           f"{service.pipe.window}, up to {service.max_concurrent} generation(s) at once).",

@@ -29,20 +29,22 @@ JAW, LIP_WIDTH = FIELD["jaw_open"], FIELD["lip_width"]
 GAZE = slice(FIELD["gaze_x"], FIELD["gaze_y"] + 1)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "num_steps", "sampler", "scales"))
+@partial(jax.jit, static_argnames=("graphdef", "num_steps", "sampler", "scales", "stride"))
 def _generate(graphdef, state, audio, gaze, distance, emotion, key, schedule, *, num_steps,
-              sampler, scales):
+              sampler, scales, stride=None):
     model = nnx.merge(graphdef, state)
     cond = {"gaze": gaze, "distance": distance, "emotion": emotion}
     return generate_motion(model, audio, cond, key, schedule, num_steps=num_steps,
-                           sampler=sampler, cfg_scales=dict(scales))
+                           sampler=sampler, cfg_scales=dict(scales), stride=stride)
 
 
 def generate_for_clips(model, clips: Sequence[Mapping[str, np.ndarray]],
                        schedule: diffusion.Schedule, *, num_steps: int = 50,
                        sampler: str = "ddim", cfg_scales: Mapping[str, float] | None = None,
-                       seed: int = 0, batch_size: int = 16) -> list[np.ndarray]:
-    """Generated (T, M) motion per clip (clips batched by equal length)."""
+                       seed: int = 0, batch_size: int = 16, stride: int | None = None
+                       ) -> list[np.ndarray]:
+    """Generated (T, M) motion per clip (clips batched by equal length); ``stride``: as
+    low-latency streaming with that stride generates it (None: W)."""
     graphdef, state = nnx.split(model)
     scales = tuple(sorted((cfg_scales or {}).items()))
     out: list[np.ndarray | None] = [None] * len(clips)
@@ -57,7 +59,8 @@ def generate_for_clips(model, clips: Sequence[Mapping[str, np.ndarray]],
             gen = _generate(graphdef, state, stack("audio_features", jnp.float32),
                             stack("gaze", jnp.float32), stack("distance", jnp.float32),
                             stack("emotion", jnp.int32), jax.random.PRNGKey(seed + s), schedule,
-                            num_steps=num_steps, sampler=sampler, scales=scales)
+                            num_steps=num_steps, sampler=sampler, scales=scales,
+                            stride=stride)
             gen = np.asarray(gen)
             for j, i in enumerate(part):
                 out[i] = gen[j]

@@ -134,18 +134,24 @@ def split_windows(audio_features: jax.Array, window: int, stride: int | None = N
 def generate_motion(model: MotionDiT, audio_features: jax.Array, conditions: Mapping[str, jax.Array],
                     key: jax.Array, schedule: diffusion.Schedule, *, num_steps: int = 50,
                     sampler: str = "ddim", eta: float = 0.0,
-                    cfg_scales: Mapping[str, float] | None = None) -> jax.Array:
+                    cfg_scales: Mapping[str, float] | None = None,
+                    stride: int | None = None) -> jax.Array:
     """Generate motion for ``audio_features`` (B, N, A) raw frontend features, N any positive
-    length; ``conditions`` as in ``window_step``. Returns (B, N, M) motion in data units."""
+    length; ``conditions`` as in ``window_step``; ``stride`` S < W: what low-latency streaming
+    commits (each window sampled from the audio up to its S-th frame). Returns (B, N, M) motion
+    in data units."""
     b, n, _ = audio_features.shape
     if model.context > model.window:
         raise ValueError(f"Context K={model.context} must not exceed the window "
                          f"W={model.window}.")
-    audio_w, valid_w = split_windows(audio_features.astype(jnp.float32), model.window)
+    s = model.window if stride is None else stride
+    audio_w, valid_w = split_windows(audio_features.astype(jnp.float32), model.window, s)
 
     def window(carry, xs):
-        return window_step(model, carry, xs[0], xs[1], conditions, key, schedule,
-                           num_steps=num_steps, sampler=sampler, eta=eta, cfg_scales=cfg_scales)
+        carry, motion = window_step(model, carry, xs[0], xs[1], conditions, key, schedule,
+                                    num_steps=num_steps, sampler=sampler, eta=eta,
+                                    cfg_scales=cfg_scales, commit=s)
+        return carry, motion[:, :s]
 
     _, out = jax.lax.scan(window, init_carry(model, b), (audio_w, valid_w))
     return jnp.moveaxis(out, 0, 1).reshape(b, -1, model.motion_dim)[:, :n]

@@ -50,6 +50,8 @@ def run_request(service: TalkingFaceService, photo: str | None, audio: str | Non
                 cfg_distance: float, cfg_emotion: float, steps: float, seed: float):
     """The page's Generate: yields (preview frame, status markdown, video path, verify text)
     as the request goes. Bad input ends it with the CLI's message in the status."""
+    from vasa_jax.media.video_io import resize_frames
+
     try:
         controls = controls_from(
             service.pipe.defaults, gaze=(theta, phi) if use_gaze else None,
@@ -60,16 +62,18 @@ def run_request(service: TalkingFaceService, photo: str | None, audio: str | Non
         yield None, "Waiting for a free generation slot...", None, ""
         with service.slot(), service.request_dir() as folder:
             yield None, "Checking the photo and the speech...", None, ""
+            last = None
             for ev in service.generate(photo, audio, controls, folder):
                 if ev["event"] == "window":
-                    yield (ev["frames"][-1], f"Generating: {ev['done']} of {ev['total']} frames "
+                    last = resize_frames(ev["frames"][-1:], service.size)[0]
+                    yield (last, f"Generating: {ev['done']} of {ev['total']} frames "
                            f"({ev['done'] / ev['total']:.0%})", None, "")
                 else:
                     report = ev["verify"]
                     ok = report.watermark.detected and report.manifest.status == "valid"
                     marks = ("watermark and C2PA manifest verified" if ok else
                              "MARKS NOT VERIFIED")
-                    yield (None, f"**Done**: {report.watermark.num_frames} frames; {marks}.",
+                    yield (last, f"**Done**: {report.watermark.num_frames} frames; {marks}.",
                            ev["path"], _verify_text(report))
     except (InputError, Busy) as e:
         yield None, f"**Error:** {e}", None, ""
@@ -82,7 +86,8 @@ def build_app(service_or_latent: TalkingFaceService | str, motion_workdir: str |
     import gradio as gr
 
     service = (service_or_latent if isinstance(service_or_latent, TalkingFaceService) else
-               TalkingFaceService(service_or_latent, motion_workdir, **service_kwargs))
+               TalkingFaceService.from_workdirs(service_or_latent, motion_workdir,
+                                                **service_kwargs))
     d = service.pipe.defaults
     cfg = dict(d.cfg)
     examples = example_photos(os.path.join(service.work_root, "examples"),

@@ -64,36 +64,35 @@ def controls_from(defaults: Controls, *, gaze: tuple[float, float] | None = None
 
 
 class TalkingFaceService:
-    """The two trained stages behind a web app.
+    """A trained pipeline behind a web app (``from_workdirs``: the two trained runs).
 
     Args:
-      latent_workdir, motion_workdir: the trained runs (as ``vasa-jax generate`` takes them).
+      pipe: the pipeline (both stages).
       max_concurrent: generations running at once; more requests wait for a slot.
       max_seconds: the longest speech a request may bring.
       size: output side in px (default: the model's, at least 256, where the watermark
         survives re-encoding).
       warm_strides: low-latency strides to compile at start-up besides W (the web page's).
       work_root: where requests' folders go (default: a new temporary folder).
+      workdirs: the runs the pipeline came from (recorded in the videos' manifests).
     """
 
-    def __init__(self, latent_workdir: str, motion_workdir: str, *, max_concurrent: int = 1,
+    def __init__(self, pipe: TalkingFacePipeline, *, max_concurrent: int = 1,
                  max_seconds: float = 60.0, size: int | None = None,
-                 warm_strides: tuple[int, ...] = (), work_root: str | None = None):
-        from vasa_jax.media import checks
+                 warm_strides: tuple[int, ...] = (), work_root: str | None = None,
+                 workdirs: tuple[str, str] | None = None, load_seconds: float = 0.0):
         from vasa_jax.safety import keys, provenance
         from vasa_jax.safety.publish import MIN_OUTPUT_SIZE
 
         if max_concurrent < 1:
             raise InputError(f"max_concurrent {max_concurrent}: at least 1 generation must "
                              f"be allowed at once.")
-        checks.check_runs(latent_workdir, motion_workdir)
         t0 = time.time()
-        self.pipe = TalkingFacePipeline.from_checkpoints(latent_workdir, motion_workdir,
-                                                         max_seconds=max_seconds)
+        self.pipe = pipe
         self.identity = provenance.ensure_dev_certificate()
         self.watermark_key = keys.watermark_key()
-        self.load_seconds = time.time() - t0
-        self.workdirs = (latent_workdir, motion_workdir)
+        self.load_seconds = load_seconds + time.time() - t0
+        self.workdirs = workdirs
         self.max_seconds, self.max_concurrent = float(max_seconds), int(max_concurrent)
         self.size = size or max(MIN_OUTPUT_SIZE, self.pipe.resolution)
         self._slots = threading.BoundedSemaphore(max_concurrent)
@@ -104,6 +103,19 @@ class TalkingFaceService:
         t0 = time.time()
         self.warm_up((self.pipe.window,) + tuple(warm_strides))
         self.compile_seconds = time.time() - t0
+
+    @classmethod
+    def from_workdirs(cls, latent_workdir: str, motion_workdir: str, *,
+                      max_seconds: float = 60.0, **kwargs) -> "TalkingFaceService":
+        """The service for two trained runs (checked as ``vasa-jax generate`` checks them)."""
+        from vasa_jax.media import checks
+
+        checks.check_runs(latent_workdir, motion_workdir)
+        t0 = time.time()
+        pipe = TalkingFacePipeline.from_checkpoints(latent_workdir, motion_workdir,
+                                                    max_seconds=max_seconds)
+        return cls(pipe, max_seconds=max_seconds, workdirs=(latent_workdir, motion_workdir),
+                   load_seconds=time.time() - t0, **kwargs)
 
     # -- start-up ----------------------------------------------------------------------------
     def warm_up(self, strides: tuple[int, ...]) -> None:
@@ -186,6 +198,8 @@ class TalkingFaceService:
                       "steps": controls.steps, "sampler": controls.sampler,
                       "cfg": dict(controls.cfg), "gaze": controls.gaze,
                       "distance": controls.distance, "emotion": controls.emotion}
+        if self.workdirs:
+            generation.update(latent_workdir=self.workdirs[0], motion_workdir=self.workdirs[1])
         done = 0
         with marked_video_writer(path, self.size, self.size, identity=self.identity,
                                  generation=generation,
