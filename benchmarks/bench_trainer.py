@@ -1,7 +1,8 @@
 """Is the trainer what slows a run? ``Trainer.fit`` against a bare loop of the same compiled step
 on pre-made device batches, in one process and in two (one CPU device each, gloo collectives,
-``jax.distributed``), for the ``synthtalk`` motion config; and each stage's loader throughput
-against what its step consumes.
+``jax.distributed``), for the ``synthtalk`` motion config; in one process also ``fit`` on
+pre-made batches (the loader's share taken out); and each stage's loader throughput against
+what its step consumes.
 
   python benchmarks/bench_trainer.py [--out benchmarks/results/trainer.json] [--data-dir DIR]
       [--steps 300] [--cores 0,1]
@@ -43,12 +44,21 @@ def _config(stage: str, variant: str, data_dir: str, workdir: str, steps: int):
     return c
 
 
-def fit_rate(config, workdir: str) -> float:
-    """steps/s of ``Trainer.fit`` (clu's steps_per_sec, every interval after the first)."""
+def fit_rate(config, workdir: str, premade: bool = False) -> float:
+    """steps/s of ``Trainer.fit`` (clu's steps_per_sec, every interval after the first).
+    ``premade``: fit reads 8 host batches made beforehand, over and over, instead of the
+    loader (what is left is the trainer's own share)."""
+    import itertools
+
     from vasa_jax.train.tasks import make_task
     from vasa_jax.train.trainer import Trainer, read_metrics
 
-    Trainer(make_task(config), config, workdir).fit()
+    task = make_task(config)
+    if premade:
+        it = iter(task.train_loader())
+        batches = [next(it) for _ in range(8)]
+        task.train_loader = lambda start_batch=0: itertools.cycle(batches)
+    Trainer(task, config, workdir).fit()
     import jax
 
     if jax.process_index() != 0:
@@ -113,6 +123,8 @@ def worker(args) -> dict:
     out["bare_steps_per_s"], batch = bare_rate(cfg, args.steps)
     out["global_batch"] = batch
     if args.processes == 1:
+        out["fit_premade_steps_per_s"] = fit_rate(cfg, os.path.join(args.workdir, "premade"),
+                                                  premade=True)
         out["motion_loader_examples_per_s"] = loader_rate(cfg)
         out["motion_step_examples_per_s"] = out["bare_steps_per_s"] * batch
         lat = _config("latent", "synthtalk64_estimator", args.data_dir, args.workdir,
@@ -176,6 +188,8 @@ def main() -> None:
     for n in (1, 2):
         r = run(n, cores, data_dir, args.steps, base)
         r["fit_vs_bare"] = r["fit_steps_per_s"] / r["bare_steps_per_s"]
+        if "fit_premade_steps_per_s" in r:  # the trainer's own share, without the loader's
+            r["fit_premade_vs_bare"] = r["fit_premade_steps_per_s"] / r["bare_steps_per_s"]
         rows[f"{n}_process"] = r
         print(n, "process(es):", json.dumps(r), flush=True)
     save_json({"cpu": cpu_model(), "cores": args.cores, "steps": args.steps,
