@@ -30,7 +30,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host; the plans target TPU 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MESHES = {"data": (-1, 1, 1), "fsdp": (1, -1, 1), "fsdp_tensor": (1, -1, 4)}
-KEEP = ("config", "slice", "chip", "devices", "mesh", "global_batch", "per_device_batch",
+KEEP = ("config", "slice", "chip", "libtpu", "devices", "mesh", "global_batch", "per_device_batch",
         "dtype", "params", "fits", "compile_seconds", "argument_bytes", "temp_bytes",
         "peak_bytes", "hbm_capacity_bytes", "hbm_available_bytes", "flops_per_device",
         "collective_bytes_per_device", "xla_optimal_seconds", "mfu_assumed",

@@ -86,7 +86,12 @@ def topology_devices(name: str) -> tuple[Chip, list]:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
-    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+    # A TPU host holds a 2x2 block of chips; a smaller slice (v5e-1) is described with host
+    # bounds of its own size (libtpu 0.0.42 refuses it otherwise).
+    dims = [int(d) for d in topology.split(":")[1].split("x")] + [1]
+    host = tuple(min(d, 2) for d in dims[:2]) + (1,)
+    kwargs = {"chips_per_host_bounds": host} if host != (2, 2, 1) else {}
+    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
     devices = list(desc.devices)
     if len(devices) != chips:
         raise PlanError(f"{topology} gave {len(devices)} devices, expected {chips}.")
@@ -106,3 +111,13 @@ def tpu_compiles():
         yield
     finally:
         jax.config.update("jax_enable_compilation_cache", was)
+
+
+def libtpu_version() -> str:
+    """The TPU compiler's version (plans record it: results differ between versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("libtpu")
+    except PackageNotFoundError:
+        return "none"

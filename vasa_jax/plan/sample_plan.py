@@ -23,7 +23,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from vasa_jax.plan.chips import Chip, GiB, topology_devices, tpu_compiles
+from vasa_jax.plan.chips import Chip, GiB, libtpu_version, topology_devices, tpu_compiles
 from vasa_jax.plan.train_plan import DEFAULT_MFU, compiled_figures, overflow
 
 VASA1_FPS = {"offline": 45.0, "streaming": 40.0, "gpu": "RTX 4090", "resolution": 512}
@@ -66,7 +66,8 @@ def plan_sampler(slice_name: str, *, latent_variant: str = "paper",
                         cfg=tuple(sorted(dict(mc.sample.cfg).items())))
     n = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))  # noqa: E731
     report = {
-        "slice": slice_name, "chip": chip.generation, "latent": f"latent:{latent_variant}",
+        "slice": slice_name, "chip": chip.generation, "libtpu": libtpu_version(),
+        "latent": f"latent:{latent_variant}",
         "motion": f"motion:{motion_variant}", "resolution": pipe.resolution,
         "window": pipe.window, "steps": controls.steps, "cfg": dict(controls.cfg),
         "decode_batch": decode_batch, "latent_params": n(nnx.state(latent, nnx.Param)),

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from vasa_jax.plan.chips import Chip, GiB, PlanError, topology_devices, tpu_compiles
+from vasa_jax.plan.chips import (Chip, GiB, PlanError, libtpu_version, topology_devices,
+                                  tpu_compiles)
 
 DEFAULT_MFU = 0.35
 
@@ -131,7 +132,8 @@ def plan_config(config, slice_name: str, *, batch: int | None = None,
                       for x in jax.tree.leaves(trainer.state))
     report: dict[str, Any] = {
         "config": f"{config.task}:{config.variant}", "slice": slice_name,
-        "chip": chip.generation if chip else None, "devices": len(devices),
+        "chip": chip.generation if chip else None, "libtpu": libtpu_version(),
+        "devices": len(devices),
         "mesh": mesh_shape, "global_batch": b, "per_device_batch": b / shards,
         "dtype": str(config.model.get("dtype", "float32")), "params": trainer.num_params(),
         "state_bytes_total": state_bytes, "largest_state_arrays": _leaf_table(trainer.state),
