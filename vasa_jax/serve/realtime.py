@@ -154,5 +154,5 @@ async def stream_endpoint(ws, service: TalkingFaceService) -> None:
             await asyncio.to_thread(worker.join)
         try:
             await ws.close()
-        except RuntimeError:  # already closed by the client
+        except (RuntimeError, WebSocketDisconnect):  # already closed by the client
             pass

@@ -98,6 +98,7 @@ class TalkingFaceService:
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._running = 0
         self._lock = threading.Lock()
+        self._detect_lock = threading.Lock()
         self.work_root = work_root or tempfile.mkdtemp(prefix="vasa-jax-serve-")
         os.makedirs(self.work_root, exist_ok=True)
         t0 = time.time()
@@ -169,7 +170,8 @@ class TalkingFaceService:
 
         if not photo_path:
             raise InputError("No portrait photo: upload one or pick an example.")
-        crop = checks.check_photo(photo_path, self.pipe.resolution)
+        with self._detect_lock:  # mediapipe's face graphs are not safe to run concurrently
+            crop = checks.check_photo(photo_path, self.pipe.resolution)
         return self.pipe.prepare_source(crop, detect=False)
 
     def speech(self, audio_path: str) -> np.ndarray:
