@@ -73,10 +73,14 @@ async def stream_endpoint(ws, service: TalkingFaceService) -> None:
     def put(item):
         loop.call_soon_threadsafe(out_q.put_nowait, item)
 
-    def work(hello: dict, photo_path: str) -> None:
-        """The generation, in a worker thread: holds a slot for the whole session."""
+    def work(hello: dict, photo: bytes) -> None:
+        """The generation, in a worker thread: holds a slot and a request folder for the whole
+        session (the folder is gone before the slot is free)."""
         try:
-            with service.slot(timeout=SLOT_WAIT_SECONDS):
+            with service.slot(timeout=SLOT_WAIT_SECONDS), service.request_dir() as folder:
+                photo_path = os.path.join(folder, "photo")
+                with open(photo_path, "wb") as f:
+                    f.write(photo)
                 source = service.source(photo_path)
                 pipe = service.pipe
                 stride = int(hello.get("stride") or pipe.window)
@@ -118,41 +122,37 @@ async def stream_endpoint(ws, service: TalkingFaceService) -> None:
             gone.set()
             audio_q.put(None)
 
-    with service.request_dir() as folder:
-        try:
-            hello = json.loads(await ws.receive_text())
-            photo = base64.b64decode(hello.get("image") or "", validate=True)
-        except WebSocketDisconnect:
-            return
-        except (ValueError, TypeError) as e:
-            await ws.send_json({"event": "error", "message": f"bad first message: {e}; send "
-                                "JSON with the photo base64-encoded in \"image\"."})
-            await ws.close()
-            return
-        photo_path = os.path.join(folder, "photo")
-        with open(photo_path, "wb") as f:
-            f.write(photo)
-        worker = threading.Thread(target=work, args=(hello, photo_path), daemon=True)
-        worker.start()
-        receiver = asyncio.create_task(receive())
-        try:
-            while (item := await out_q.get()) is not None:
-                if isinstance(item, bytes):
-                    await ws.send_bytes(item)
-                else:
-                    await ws.send_json(item)
-                    if item["event"] == "error":
-                        break
-        except WebSocketDisconnect:
-            gone.set()
-            audio_q.put(None)
-        finally:
-            if not receiver.done():
-                receiver.cancel()
-            gone.set()  # stop the worker if the session ended early (error, disconnect)
-            audio_q.put(None)
-            await asyncio.to_thread(worker.join)
-        try:
-            await ws.close()
-        except (RuntimeError, WebSocketDisconnect):  # already closed by the client
-            pass
+    try:
+        hello = json.loads(await ws.receive_text())
+        photo = base64.b64decode(hello.get("image") or "", validate=True)
+    except WebSocketDisconnect:
+        return
+    except (ValueError, TypeError) as e:
+        await ws.send_json({"event": "error", "message": f"bad first message: {e}; send "
+                            "JSON with the photo base64-encoded in \"image\"."})
+        await ws.close()
+        return
+    worker = threading.Thread(target=work, args=(hello, photo), daemon=True)
+    worker.start()
+    receiver = asyncio.create_task(receive())
+    try:
+        while (item := await out_q.get()) is not None:
+            if isinstance(item, bytes):
+                await ws.send_bytes(item)
+            else:
+                await ws.send_json(item)
+                if item["event"] == "error":
+                    break
+    except WebSocketDisconnect:
+        gone.set()
+        audio_q.put(None)
+    finally:
+        if not receiver.done():
+            receiver.cancel()
+        gone.set()  # stop the worker if the session ended early (error, disconnect)
+        audio_q.put(None)
+        await asyncio.to_thread(worker.join)
+    try:
+        await ws.close()
+    except (RuntimeError, WebSocketDisconnect):  # already closed by the client
+        pass
